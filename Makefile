@@ -1,0 +1,53 @@
+# raysight: every target bootstraps the virtualenv it needs, so a fresh clone works with
+# nothing done by hand.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Ray workers default to nice 15, which starves them on a small machine next to the driver.
+export RAY_worker_niceness := 0
+# Keep Ray's sockets and logs inside the work tree (short path: unix sockets allow 107 bytes).
+export RAYSIGHT_RAY_TMPDIR ?= $(CURDIR)/.tmp/ray
+
+.PHONY: venv lint typecheck test test-fast bench run constraints clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check src tests bench services
+	$(BIN)/ruff format --check src tests bench services
+	$(BIN)/mypy
+
+typecheck: lint
+
+# All tests but the GPU ones (CI has no GPU); lint first, it is cheap and catches most slips.
+test: venv lint
+	$(BIN)/pytest -m "not gpu" --timeout=1800
+
+# The unit tests alone: seconds, for the edit-test loop.
+test-fast: venv
+	$(BIN)/pytest -m "not gpu and not slow and not integration"
+
+bench: venv
+	$(BIN)/python bench/train_throughput.py
+
+# The main job on the embedded default data (scikit-learn's 8x8 digits): train with Ray
+# Train on 2 workers, then evaluate the checkpoint on the test split.
+run: venv
+	$(BIN)/raysight train --config services/digits.yaml --output runs/digits
+	$(BIN)/raysight evaluate --checkpoint runs/digits --dataset digits
+
+# Regenerate the pins from the current venv (after changing dependencies on purpose).
+constraints: venv
+	{ head -2 constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^raysight' \
+	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt
+
+clean:
+	rm -rf $(VENV) .tmp runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""Shared fixtures: paths, the shared datasets, and one real Ray cluster per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MNIST_DIR = SHARED / "datasets" / "mnist"
+
+# Ray workers start at nice 15 by default and starve beside the test process on 2 cores.
+os.environ.setdefault("RAY_worker_niceness", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a test never reports usage anywhere
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """The session's local Ray cluster."""
+
+    temp_dir: Path
+    metrics_port: int
+    dashboard_url: str  # job submission and the state API
+    gcs_address: str  # what RAY_ADDRESS names for drivers joining this cluster
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A real local Ray cluster on 127.0.0.1, started once and always shut down.
+
+    Its temp dir lives under the work tree (short: unix socket paths allow 107 bytes).
+    """
+    import ray
+
+    from raysight.cluster import connect
+
+    temp_dir = REPO / ".tmp" / "ray-tests"
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["RAYSIGHT_RAY_TMPDIR"] = str(temp_dir)
+    metrics_port, dashboard_port = free_port(), free_port()
+    os.environ.pop("RAY_ADDRESS", None)
+    connect(num_cpus=2, metrics_port=metrics_port, dashboard_port=dashboard_port)
+    try:
+        yield RayCluster(
+            temp_dir,
+            metrics_port,
+            f"http://127.0.0.1:{dashboard_port}",
+            ray.get_runtime_context().gcs_address,
+        )
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    """The real MNIST files in ../shared, or a skip that says why."""
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST not found at {MNIST_DIR} (../shared is absent)")
+    return MNIST_DIR
