@@ -1,0 +1,105 @@
+"""Paths that may be local or on an object store (s3://, gs://), through pyarrow.fs."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pyarrow
+import pyarrow.fs
+
+from raysight.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+_SCHEME_SEP = "://"
+
+
+def _is_uri(path: str) -> bool:
+    return _SCHEME_SEP in path
+
+
+def resolve(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """Find the filesystem that holds `uri` and the path inside it.
+
+    Args:
+        uri: A URI such as "s3://bucket/key" or a local path, relative or absolute.
+
+    Returns:
+        The filesystem and the path within it; local paths become absolute.
+
+    Raises:
+        DataError: If the URI names a scheme pyarrow cannot open.
+    """
+    if not _is_uri(uri):
+        return pyarrow.fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except (pyarrow.ArrowException, ValueError) as exc:
+        raise DataError(f"{uri}: cannot open this location ({exc})") from exc
+
+
+def read_bytes(uri_or_path: str) -> bytes:
+    """Read a whole file, byte for byte (no decompression).
+
+    Args:
+        uri_or_path: A URI or a local path.
+
+    Returns:
+        The file's contents.
+
+    Raises:
+        DataError: If the file is missing or cannot be read; the message names it.
+    """
+    filesystem, path = resolve(uri_or_path)
+    try:
+        # compression=None: pyarrow would otherwise gunzip "*.gz" silently, by file extension.
+        with filesystem.open_input_stream(path, compression=None) as stream:
+            data: bytes = stream.read()
+    except FileNotFoundError as exc:
+        raise DataError(f"{uri_or_path}: file not found") from exc
+    except OSError as exc:
+        raise DataError(f"{uri_or_path}: cannot read ({exc})") from exc
+    return data
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path components with "/" for URIs and the OS separator for local paths.
+
+    Args:
+        base: A URI such as "s3://bucket/dir" or a local path.
+        *parts: Components to append.
+
+    Returns:
+        The joined URI or path.
+    """
+    if not _is_uri(base):
+        return os.path.join(base, *parts)
+    stripped = [part.strip("/") for part in parts if part.strip("/")]
+    return "/".join([base.rstrip("/"), *stripped])
+
+
+def list_dir(uri: str) -> list[tuple[str, bool]]:
+    """List a directory, one level deep.
+
+    Args:
+        uri: A URI or a local path of a directory.
+
+    Returns:
+        (full URI or path, is_dir) for each entry, sorted by name.
+
+    Raises:
+        DataError: If the directory is missing or is not a directory.
+    """
+    filesystem, path = resolve(uri)
+    try:
+        infos = filesystem.get_file_info(pyarrow.fs.FileSelector(path, recursive=False))
+    except FileNotFoundError as exc:
+        raise DataError(f"{uri}: directory not found") from exc
+    except OSError as exc:
+        raise DataError(f"{uri}: cannot list directory ({exc})") from exc
+    infos.sort(key=lambda info: info.base_name)
+    # Keep the caller's spelling (scheme included) so the entries can be passed straight back.
+    return [
+        (join(uri, info.base_name), info.type == pyarrow.fs.FileType.Directory) for info in infos
+    ]

@@ -1,0 +1,219 @@
+"""Folders of image files: ROOT/<split>/<class>/*.{jpg,jpeg,png} (the cats-vs-dogs layout)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from raysight.data import fs
+from raysight.data.base import ArrayDataset
+from raysight.errors import DataError
+
+if TYPE_CHECKING:
+    import ray.data
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
+_MODES = {1: "L", 3: "RGB"}
+# Rows per Ray Data decode task: small enough that a batch of 224x224 RGB images stays
+# around 10 MB, large enough to amortise the per-batch overhead.
+_DECODE_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class ImageFolderIndex:
+    """The files of one split and their labels, without any pixels.
+
+    Attributes:
+        root: The dataset root as given.
+        split: The split folder name, e.g. "train".
+        paths: Full path or URI of each image, grouped by class, sorted within a class.
+        labels: Class index of each path.
+        class_names: Sorted names of the class folders.
+    """
+
+    root: str
+    split: str
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    class_names: tuple[str, ...]
+
+
+def _name(entry: str) -> str:
+    # fs.list_dir joins entries with "/", both for URIs and for local paths on POSIX.
+    return posixpath.basename(entry)
+
+
+def _is_image(entry: str) -> bool:
+    return posixpath.splitext(_name(entry))[1].lower() in IMAGE_EXTENSIONS
+
+
+def scan(root: str, split: str) -> ImageFolderIndex:
+    """List the images of one split; classes are the sorted subfolder names.
+
+    Hidden entries (names starting with ".") and files with other extensions are ignored.
+
+    Args:
+        root: Dataset root, a local path or a URI.
+        split: Subfolder of `root`, e.g. "train" or "test".
+
+    Returns:
+        The index of every image in the split.
+
+    Raises:
+        DataError: If the split folder is missing, has no class folders, or a class folder
+            holds no images. The message names the folder.
+    """
+    split_dir = fs.join(root, split)
+    class_dirs = [
+        entry
+        for entry, is_dir in fs.list_dir(split_dir)
+        if is_dir and not _name(entry).startswith(".")
+    ]
+    if not class_dirs:
+        raise DataError(f"{split_dir}: no class folders")
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = [
+            entry
+            for entry, is_dir in fs.list_dir(class_dir)
+            if not is_dir and not _name(entry).startswith(".") and _is_image(entry)
+        ]
+        if not files:
+            raise DataError(f"{class_dir}: no .jpg, .jpeg or .png images")
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    logger.info("%s: %d images in %d classes", split_dir, len(paths), len(class_dirs))
+    return ImageFolderIndex(
+        root=root,
+        split=split,
+        paths=tuple(paths),
+        labels=tuple(labels),
+        class_names=tuple(_name(d) for d in class_dirs),
+    )
+
+
+def _crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    # The centred source region with the target's aspect ratio: resizing just this region is
+    # the same as "resize the shorter side, then centre crop", with a single resampling.
+    out_h, out_w = size
+    scale = min(width / out_w, height / out_h)
+    crop_w, crop_h = out_w * scale, out_h * scale
+    left, top = (width - crop_w) / 2, (height - crop_h) / 2
+    return (left, top, left + crop_w, top + crop_h)
+
+
+def decode_image(data: bytes, size: tuple[int, int], channels: int, source: str) -> np.ndarray:
+    """Decode an encoded image to a fixed-size array.
+
+    The image is turned upright per its EXIF orientation, converted to grey ("L") or "RGB",
+    then scaled with bilinear filtering so its shorter side fits and centre-cropped to `size`.
+
+    Args:
+        data: Encoded image bytes (JPEG, PNG, or anything Pillow reads).
+        size: Output (H, W).
+        channels: 1 for grey, 3 for RGB.
+        source: Where the bytes came from, for messages.
+
+    Returns:
+        (C, H, W) uint8 array.
+
+    Raises:
+        DataError: If the bytes are not a decodable image; the message names `source`.
+        ValueError: If `channels` is not 1 or 3, or `size` is not positive.
+    """
+    if channels not in _MODES:
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    out_h, out_w = size
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()  # decode now, so truncation is reported here and not later
+            image = ImageOps.exif_transpose(opened).convert(_MODES[channels])
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{source}: cannot decode image ({exc})") from exc
+    box = _crop_box(image.width, image.height, size)
+    resized = image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
+    pixels = np.asarray(resized, dtype=np.uint8).reshape(out_h, out_w, channels)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))  # (H, W, C) -> (C, H, W)
+
+
+def _decode_files(paths: Sequence[str], size: tuple[int, int], channels: int) -> np.ndarray:
+    images = np.empty((len(paths), channels, *size), dtype=np.uint8)  # (N, C, H, W)
+    for i, path in enumerate(paths):
+        images[i] = decode_image(fs.read_bytes(path), size, channels, path)
+    return images
+
+
+def load_arrays(
+    index: ImageFolderIndex, size: tuple[int, int], channels: int, name: str = "imagefolder"
+) -> ArrayDataset:
+    """Decode every image of an index into memory (for small folders and evaluation).
+
+    Args:
+        index: From `scan`.
+        size: Output (H, W) of every image.
+        channels: 1 for grey, 3 for RGB.
+        name: Dataset name to record.
+
+    Returns:
+        (N, C, H, W) uint8 images in index order.
+
+    Raises:
+        DataError: If a file cannot be read or decoded; the message names it.
+    """
+    return ArrayDataset(
+        name=name,
+        images=_decode_files(index.paths, size, channels),
+        labels=np.asarray(index.labels, dtype=np.int64),
+        class_names=index.class_names,
+    )
+
+
+def _decode_batch(
+    batch: dict[str, np.ndarray], size: tuple[int, int], channels: int
+) -> dict[str, np.ndarray]:
+    # The Ray Data mapper of to_ray_dataset. batch: "path" (B,) str, "label" (B,) ints.
+    # Returns "image" (B, C, H, W) uint8 and "label" (B,) int64.
+    images = _decode_files([str(p) for p in batch["path"]], size, channels)
+    return {"image": images, "label": np.asarray(batch["label"], dtype=np.int64)}
+
+
+def to_ray_dataset(
+    index: ImageFolderIndex, size: tuple[int, int], channels: int
+) -> ray.data.Dataset:
+    """Build a lazy, streaming Ray Dataset over an index.
+
+    Only the (path, label) list is materialised; files are read and decoded by Ray Data
+    tasks as the dataset is iterated, so memory stays bounded by the streaming executor.
+
+    Args:
+        index: From `scan`.
+        size: Output (H, W) of every image.
+        channels: 1 for grey, 3 for RGB.
+
+    Returns:
+        A dataset with columns "image" ((C, H, W) uint8 per row) and "label" (int64).
+    """
+    # Imported here so reading arrays does not pay for (or require) Ray.
+    import ray.data
+
+    items = [
+        {"path": p, "label": label} for p, label in zip(index.paths, index.labels, strict=True)
+    ]
+    return ray.data.from_items(items).map_batches(
+        functools.partial(_decode_batch, size=size, channels=channels),
+        batch_size=_DECODE_BATCH_SIZE,
+        batch_format="numpy",
+    )
