@@ -1,0 +1,608 @@
+"""Checkpoint save/load/verify: round trips, tampering, format versions, atomicity."""
+
+import ast
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import safetensors.torch
+import torch
+import torch.nn.functional as F  # noqa: N812  (the conventional alias)
+
+from raysight import checkpoint as ckpt
+from raysight.checkpoint import (
+    FORMAT_VERSION,
+    LoadedCheckpoint,
+    Manifest,
+    Preprocessing,
+    TrainState,
+    build_from_checkpoint,
+    load_checkpoint,
+    read_manifest,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from raysight.errors import CheckpointError
+from raysight.models import build_model, resolve_kwargs
+
+INPUT_SHAPE = (1, 8, 8)
+CLASS_NAMES = tuple(str(digit) for digit in range(10))
+MODEL_ARGS: dict[str, Any] = {
+    "in_channels": 1,
+    "num_classes": len(CLASS_NAMES),
+    "image_size": (8, 8),
+    "padding": "same",
+}
+
+
+def _model() -> torch.nn.Module:
+    return build_model("convnet", **MODEL_ARGS)
+
+
+def _manifest(epoch: int = 3, **changes: Any) -> Manifest:
+    manifest = Manifest.new(
+        model="convnet",
+        model_kwargs=resolve_kwargs("convnet", **MODEL_ARGS),
+        input_shape=INPUT_SHAPE,
+        preprocessing=Preprocessing(mean=(0.5,), std=(0.25,)),
+        class_names=CLASS_NAMES,
+        dataset="digits",
+        metrics={"val_accuracy": 0.975, "val_loss": 0.08},
+        train_config={"epochs": 5, "lr": 0.01, "batch_size": 64},
+        epoch=epoch,
+    )
+    return dataclasses.replace(manifest, **changes)
+
+
+def _save(path: Path, model: torch.nn.Module, **kwargs: Any) -> Path:
+    return save_checkpoint(path, state_dict=model.state_dict(), manifest=_manifest(), **kwargs)
+
+
+def _siblings(path: Path) -> list[str]:
+    """Entries beside the checkpoint other than itself: leftovers of a save."""
+    return sorted(p.name for p in path.parent.iterdir() if p.name != path.name)
+
+
+def _rewrite_manifest(path: Path, **changes: Any) -> None:
+    manifest_file = path / ckpt.MANIFEST_FILE
+    data = json.loads(manifest_file.read_text())
+    data.update(changes)
+    manifest_file.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = _model()
+    return _save(tmp_path / "ckpt", model), model
+
+
+# --- round trips ----------------------------------------------------------------------
+
+
+def test_round_trip_rebuilds_a_model_with_identical_outputs(
+    saved: tuple[Path, torch.nn.Module],
+) -> None:
+    path, model = saved
+    loaded = load_checkpoint(path)
+    rebuilt = build_from_checkpoint(loaded)
+
+    assert not rebuilt.training
+    images = torch.rand(4, *INPUT_SHAPE)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), model.eval()(images))
+    assert loaded.manifest.model == "convnet"
+    assert loaded.manifest.class_names == CLASS_NAMES
+    assert loaded.train_state is None
+
+
+def test_directory_holds_exactly_the_documented_files(
+    saved: tuple[Path, torch.nn.Module],
+) -> None:
+    path, _ = saved
+    assert sorted(p.name for p in path.iterdir()) == [ckpt.MANIFEST_FILE, ckpt.WEIGHTS_FILE]
+    assert _siblings(path) == []
+
+
+def test_saved_manifest_carries_hashes_and_provenance(
+    saved: tuple[Path, torch.nn.Module],
+) -> None:
+    path, _ = saved
+    manifest = verify_checkpoint(path)
+    assert manifest.format_version == FORMAT_VERSION
+    assert len(manifest.weights_sha256) == 64
+    assert manifest.train_state_sha256 is None
+    assert manifest == dataclasses.replace(
+        _manifest(),
+        weights_sha256=manifest.weights_sha256,
+        created_at=manifest.created_at,
+    )
+
+
+def test_manifest_json_round_trip() -> None:
+    manifest = _manifest(weights_sha256="ab" * 32, train_state_sha256="cd" * 32)
+    assert Manifest.from_json(manifest.to_json(), source="test") == manifest
+
+
+def test_checkpoint_directory_follows_the_umask(saved: tuple[Path, torch.nn.Module]) -> None:
+    path, _ = saved
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+# --- strict manifest parsing ----------------------------------------------------------
+
+
+def _manifest_dict() -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(_manifest(weights_sha256="ab" * 32).to_json())
+    return result
+
+
+def _without(field: str) -> Callable[[dict[str, Any]], None]:
+    return lambda data: data.pop(field)
+
+
+def _setting(field: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda data: data.update({field: value})
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        pytest.param(_without("class_names"), "class_names", id="missing"),
+        pytest.param(_without("train_state_sha256"), "train_state_sha256", id="missing-null"),
+        pytest.param(_setting("surprise", 1), "surprise", id="unexpected"),
+        pytest.param(_setting("epoch", "3"), "epoch", id="string-for-int"),
+        pytest.param(_setting("epoch", True), "epoch", id="bool-for-int"),
+        pytest.param(_setting("class_names", "0123"), "class_names", id="string-for-list"),
+        pytest.param(_setting("input_shape", [1, 8]), "input_shape", id="short-shape"),
+        pytest.param(_setting("metrics", {"acc": "high"}), "metrics.acc", id="bad-metric"),
+        pytest.param(
+            _setting("preprocessing", {"mean": [0.5]}), "preprocessing.std", id="nested-missing"
+        ),
+        pytest.param(
+            _setting("preprocessing", {"mean": [0.5, 0.5], "std": [1, 1]}),
+            "preprocessing",
+            id="mean-per-channel",
+        ),
+        pytest.param(_setting("weights_sha256", "abc"), "weights_sha256", id="bad-hash"),
+        pytest.param(_setting("created_at", "yesterday"), "created_at", id="bad-time"),
+        pytest.param(_setting("created_at", "2026-01-01T00:00:00"), "created_at", id="naive-time"),
+        pytest.param(_setting("model_kwargs", [1]), "model_kwargs", id="list-for-object"),
+        pytest.param(_setting("class_names", ["a", "b"]), "num_classes", id="class-count"),
+    ],
+)
+def test_invalid_manifest_names_field_and_source(
+    mutate: Callable[[dict[str, Any]], None], field: str
+) -> None:
+    data = _manifest_dict()
+    mutate(data)
+    with pytest.raises(CheckpointError, match=field) as info:
+        Manifest.from_json(json.dumps(data), source="/ckpt/manifest.json")
+    assert "/ckpt/manifest.json" in str(info.value)
+
+
+def test_manifest_that_is_not_json_is_rejected() -> None:
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        Manifest.from_json("{", source="m.json")
+
+
+def test_unknown_format_version_is_rejected(saved: tuple[Path, torch.nn.Module]) -> None:
+    path, _ = saved
+    _rewrite_manifest(path, format_version=FORMAT_VERSION + 1, a_field_from_the_future=1)
+    with pytest.raises(CheckpointError, match=f"version {FORMAT_VERSION + 1}") as info:
+        load_checkpoint(path)
+    assert f"reads version {FORMAT_VERSION}" in str(info.value)
+
+
+# --- damaged and missing checkpoints --------------------------------------------------
+
+
+def test_tampered_weights_fail_the_hash_check(saved: tuple[Path, torch.nn.Module]) -> None:
+    path, _ = saved
+    weights = path / ckpt.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit of the last tensor's data
+    weights.write_bytes(bytes(data))
+
+    # read_manifest does not hash, the full checks do.
+    read_manifest(path)
+    for check in (load_checkpoint, verify_checkpoint):
+        with pytest.raises(CheckpointError, match="hash mismatch") as info:
+            check(path)
+        assert str(weights) in str(info.value)
+
+
+def test_truncated_weights_fail_the_hash_check(saved: tuple[Path, torch.nn.Module]) -> None:
+    path, _ = saved
+    weights = path / ckpt.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="hash mismatch"):
+        load_checkpoint(path)
+
+
+def test_corrupt_weights_with_a_matching_hash_fail_to_parse(
+    saved: tuple[Path, torch.nn.Module],
+) -> None:
+    path, _ = saved
+    weights = path / ckpt.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-100])
+    _rewrite_manifest(path, weights_sha256=ckpt._sha256_file(weights))
+    with pytest.raises(CheckpointError, match="not a valid safetensors") as info:
+        load_checkpoint(path)
+    assert str(weights) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        (ckpt.MANIFEST_FILE, "manifest missing"),
+        (ckpt.WEIGHTS_FILE, "file missing"),
+    ],
+)
+def test_missing_file_is_reported(
+    saved: tuple[Path, torch.nn.Module], missing: str, message: str
+) -> None:
+    path, _ = saved
+    (path / missing).unlink()
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert missing in str(info.value)
+
+
+def test_missing_directory_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_unknown_model_in_manifest_is_a_checkpoint_error(
+    saved: tuple[Path, torch.nn.Module],
+) -> None:
+    path, _ = saved
+    _rewrite_manifest(path, model="vgg16")
+    with pytest.raises(CheckpointError, match="vgg16"):
+        build_from_checkpoint(load_checkpoint(path))
+
+
+# --- refusing bad input before writing ------------------------------------------------
+
+
+def test_weights_that_do_not_fit_the_model_are_refused(tmp_path: Path) -> None:
+    other = build_model("convnet", **{**MODEL_ARGS, "width": 8})
+    with pytest.raises(CheckpointError, match="do not match"):
+        save_checkpoint(tmp_path / "ckpt", state_dict=other.state_dict(), manifest=_manifest())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inconsistent_manifest_is_refused(tmp_path: Path) -> None:
+    manifest = _manifest(preprocessing=Preprocessing(mean=(0.5, 0.5, 0.5), std=(1.0, 1.0, 1.0)))
+    with pytest.raises(CheckpointError, match="per channel"):
+        save_checkpoint(tmp_path / "ckpt", state_dict=_model().state_dict(), manifest=manifest)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_metric_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="JSON"):
+        save_checkpoint(
+            tmp_path / "ckpt",
+            state_dict=_model().state_dict(),
+            manifest=_manifest(metrics={"val_loss": float("nan")}),
+        )
+
+
+@pytest.mark.parametrize("kind", ["file", "foreign directory"])
+def test_something_else_at_the_target_is_not_replaced(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "ckpt"
+    if kind == "file":
+        target.write_text("precious")
+    else:
+        target.mkdir()
+        (target / "notes.txt").write_text("precious")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        _save(target, _model())
+    assert _siblings(target) == []
+
+
+# --- atomic replacement ---------------------------------------------------------------
+
+
+def test_overwriting_replaces_the_checkpoint(saved: tuple[Path, torch.nn.Module]) -> None:
+    path, _ = saved
+    torch.manual_seed(1)
+    newer = _model()
+    save_checkpoint(path, state_dict=newer.state_dict(), manifest=_manifest(epoch=4))
+
+    loaded = load_checkpoint(path)
+    assert loaded.manifest.epoch == 4
+    for name, tensor in newer.state_dict().items():
+        assert torch.equal(loaded.state_dict[name], tensor)
+    assert _siblings(path) == []
+
+
+def test_an_empty_directory_at_the_target_is_replaced(tmp_path: Path) -> None:
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    _save(target, _model())
+    verify_checkpoint(target)
+
+
+def _assert_previous_checkpoint_intact(path: Path, model: torch.nn.Module) -> None:
+    loaded = load_checkpoint(path)
+    assert loaded.manifest.epoch == 3
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict[name], tensor)
+    assert _siblings(path) == []
+
+
+class _SimulatedCrashError(Exception):
+    """Stands in for a failure in the middle of a save."""
+
+
+def test_crash_while_writing_a_new_checkpoint_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise _SimulatedCrashError
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(_SimulatedCrashError):
+        _save(tmp_path / "ckpt", _model())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_while_writing_keeps_the_previous_checkpoint(
+    saved: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, model = saved
+    real_save_file = safetensors.torch.save_file
+
+    def write_half_then_crash(tensors: dict[str, torch.Tensor], filename: Path, **_: Any) -> None:
+        real_save_file(tensors, filename)
+        Path(filename).write_bytes(Path(filename).read_bytes()[:50])
+        raise _SimulatedCrashError
+
+    monkeypatch.setattr(safetensors.torch, "save_file", write_half_then_crash)
+    with pytest.raises(_SimulatedCrashError):
+        save_checkpoint(path, state_dict=_model().state_dict(), manifest=_manifest(epoch=9))
+    _assert_previous_checkpoint_intact(path, model)
+
+
+@pytest.mark.parametrize("failing_rename", ["old aside", "new into place"])
+def test_crash_while_renaming_keeps_the_previous_checkpoint(
+    saved: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch, failing_rename: str
+) -> None:
+    path, model = saved
+    real_replace = os.replace
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        moving_old = Path(src) == path
+        moving_new = Path(src).name.startswith(".ckpt.tmp-")
+        if (failing_rename == "old aside" and moving_old) or (
+            failing_rename == "new into place" and moving_new
+        ):
+            raise _SimulatedCrashError
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(_SimulatedCrashError):
+        save_checkpoint(path, state_dict=_model().state_dict(), manifest=_manifest(epoch=9))
+    monkeypatch.undo()
+    _assert_previous_checkpoint_intact(path, model)
+
+
+# --- train state ----------------------------------------------------------------------
+
+OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+TOTAL_STEPS = 8
+STEPS_BEFORE_SAVE = 3
+
+
+def _one_cycle(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=TOTAL_STEPS)
+
+
+def _lambda_decay(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.9**step)
+
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "adam": lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
+    "adamw": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.05),
+    "sgd_momentum": lambda m: torch.optim.SGD(
+        m.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
+    ),
+}
+SCHEDULERS: dict[str, SchedulerFactory] = {"one_cycle": _one_cycle, "lambda": _lambda_decay}
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (
+            torch.rand(8, *INPUT_SHAPE, generator=generator),
+            torch.randint(0, len(CLASS_NAMES), (8,), generator=generator),
+        )
+        for _ in range(TOTAL_STEPS)
+    ]
+
+
+def _train(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    model.train()
+    for images, labels in batches:
+        optimizer.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+        scheduler.step()
+
+
+@pytest.mark.parametrize("scheduler_name", SCHEDULERS)
+@pytest.mark.parametrize("optimizer_name", OPTIMIZERS)
+def test_resumed_training_is_bit_identical(
+    tmp_path: Path, optimizer_name: str, scheduler_name: str
+) -> None:
+    torch.manual_seed(0)
+    batches = _batches()
+    model = _model()
+    optimizer = OPTIMIZERS[optimizer_name](model)
+    scheduler = SCHEDULERS[scheduler_name](optimizer)
+    _train(model, optimizer, scheduler, batches[:STEPS_BEFORE_SAVE])
+    train_state = TrainState(
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        epoch=1,
+        extra={"best_val_accuracy": 0.5, "history": [0.25, 0.5]},
+    )
+    path = save_checkpoint(
+        tmp_path / "ckpt",
+        state_dict=model.state_dict(),
+        manifest=_manifest(),
+        train_state=train_state,
+    )
+    _train(model, optimizer, scheduler, batches[STEPS_BEFORE_SAVE:])
+
+    loaded = load_checkpoint(path, with_train_state=True)
+    assert loaded.train_state is not None
+    resumed = build_from_checkpoint(loaded)
+    resumed_optimizer = OPTIMIZERS[optimizer_name](resumed)
+    resumed_scheduler = SCHEDULERS[scheduler_name](resumed_optimizer)
+    resumed_optimizer.load_state_dict(loaded.train_state.optimizer)
+    assert loaded.train_state.scheduler is not None
+    resumed_scheduler.load_state_dict(loaded.train_state.scheduler)
+    _train(resumed, resumed_optimizer, resumed_scheduler, batches[STEPS_BEFORE_SAVE:])
+
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+    assert resumed_scheduler.get_last_lr() == scheduler.get_last_lr()
+    assert loaded.train_state.epoch == 1
+    assert loaded.train_state.extra == {"best_val_accuracy": 0.5, "history": [0.25, 0.5]}
+
+
+def _assert_same_structure(actual: Any, expected: Any) -> None:
+    """Equal values and equal container types, with tensors compared exactly."""
+    assert type(actual) is type(expected)
+    if isinstance(expected, torch.Tensor):
+        assert actual.dtype == expected.dtype
+        assert torch.equal(actual, expected)
+    elif isinstance(expected, dict):
+        assert list(actual) == list(expected)
+        for key in expected:
+            _assert_same_structure(actual[key], expected[key])
+    elif isinstance(expected, list | tuple):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected, strict=True):
+            _assert_same_structure(a, e)
+    else:
+        assert actual == expected
+
+
+def _load_train_state(path: Path) -> TrainState:
+    train_state = load_checkpoint(path, with_train_state=True).train_state
+    assert train_state is not None
+    return train_state
+
+
+def test_train_state_round_trips_types_exactly(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters(), betas=(0.9, 0.99))
+    model(torch.rand(2, *INPUT_SHAPE)).sum().backward()
+    optimizer.step()
+    extra = {"tag": "x", 7: None, "__tensor__": "a user key that looks like a marker"}
+    state = TrainState(optimizer=optimizer.state_dict(), scheduler=None, epoch=2, extra=extra)
+    path = _save(tmp_path / "ckpt", model, train_state=state)
+
+    restored = _load_train_state(path)
+    _assert_same_structure(restored.optimizer, optimizer.state_dict())
+    assert restored.scheduler is None
+    assert restored.extra == extra
+
+
+def test_train_state_tensors_are_named_by_their_place(tmp_path: Path) -> None:
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.rand(2, *INPUT_SHAPE)).sum().backward()
+    optimizer.step()
+    state = TrainState(optimizer=optimizer.state_dict(), scheduler=None, epoch=1, extra={})
+    path = _save(tmp_path / "ckpt", model, train_state=state)
+
+    names = safetensors.torch.load_file(path / ckpt.TRAIN_STATE_FILE).keys()
+    assert "optimizer.state.0.momentum_buffer" in names
+
+
+def test_functions_in_scheduler_state_are_left_out(tmp_path: Path) -> None:
+    scheduler_state = {"last_epoch": 3, "anneal_func": abs}
+    state = TrainState(optimizer={}, scheduler=scheduler_state, epoch=0, extra={})
+    path = _save(tmp_path / "ckpt", _model(), train_state=state)
+    assert _load_train_state(path).scheduler == {"last_epoch": 3}
+
+
+def test_unsupported_train_state_value_is_refused(tmp_path: Path) -> None:
+    state = TrainState(optimizer={}, scheduler=None, epoch=0, extra={"when": object()})
+    with pytest.raises(CheckpointError, match=r"extra\.when"):
+        _save(tmp_path / "ckpt", _model(), train_state=state)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tampered_train_state_fails_the_hash_check(tmp_path: Path) -> None:
+    state = TrainState(optimizer={}, scheduler=None, epoch=0, extra={"best": 1.0})
+    path = _save(tmp_path / "ckpt", _model(), train_state=state)
+    assert read_manifest(path).train_state_sha256 is not None
+    train_file = path / ckpt.TRAIN_STATE_FILE
+    train_file.write_bytes(train_file.read_bytes() + b" ")
+
+    # The weights alone are still fine to serve.
+    load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="hash mismatch"):
+        load_checkpoint(path, with_train_state=True)
+    with pytest.raises(CheckpointError, match="hash mismatch"):
+        verify_checkpoint(path)
+
+
+def test_unrecorded_train_state_file_is_rejected(saved: tuple[Path, torch.nn.Module]) -> None:
+    path, _ = saved
+    safetensors.torch.save_file({"x": torch.zeros(1)}, path / ckpt.TRAIN_STATE_FILE)
+    with pytest.raises(CheckpointError, match="not recorded"):
+        load_checkpoint(path, with_train_state=True)
+
+
+def test_checkpoint_without_train_state_loads_none_when_asked(
+    saved: tuple[Path, torch.nn.Module],
+) -> None:
+    path, _ = saved
+    loaded: LoadedCheckpoint = load_checkpoint(path, with_train_state=True)
+    assert loaded.train_state is None
+
+
+# --- no code execution on load --------------------------------------------------------
+
+
+def test_checkpoint_module_never_unpickles() -> None:
+    # torch.load and torch.save pickle; safetensors.torch.load does not, so look at the
+    # syntax tree rather than grepping the text.
+    tree = ast.parse(Path(ckpt.__file__).read_text())
+    imported: set[str] = set()
+    torch_calls: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "torch"
+        ):
+            torch_calls.add(node.attr)
+    assert not imported & {"pickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal"}
+    assert not torch_calls & {"load", "save"}
