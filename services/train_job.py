@@ -1,0 +1,59 @@
+"""Ray job entrypoint: train on the cluster this job was submitted to.
+
+    ray job submit --working-dir . -- \
+        python services/train_job.py --config services/train.yaml [KEY=VALUE ...]
+
+KEY=VALUE pairs override fields of the YAML file (e.g. epochs=10 gpu=true workers=4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+import yaml
+
+from raysight.cluster import connect
+from raysight.config import TrainConfig
+from raysight.logs import setup_logging
+from raysight.train.trainer import train
+
+logger = logging.getLogger("raysight.train_job")
+
+
+def _override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.replace("-", "_"), yaml.safe_load(value)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML training config")
+    parser.add_argument("overrides", nargs="*", type=_override, help="KEY=VALUE overrides")
+    args = parser.parse_args()
+    setup_logging()
+    cfg = TrainConfig.from_yaml(args.config, dict(args.overrides))
+    connect()
+    outcome = train(cfg, progress=False)
+    # The last line is machine-readable, for whoever reads the job's logs.
+    logger.info(
+        "result %s",
+        json.dumps(
+            {
+                "checkpoint": str(outcome.checkpoint),
+                "test_accuracy": outcome.test.accuracy,
+                "epoch": outcome.manifest.epoch,
+                "run_path": outcome.run_path,
+            }
+        ),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The `raysight` command: train, evaluate, data download, models."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
+import json
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any, Literal, get_args, get_origin
+
+import numpy as np
+import yaml
+
+from raysight.config import TrainConfig
+from raysight.errors import RaysightError
+from raysight.logs import setup_logging
+
+logger = logging.getLogger("raysight.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return int(args.handler(args))
+    except RaysightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysight", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train a model with Ray Train",
+        description="Train with Ray Train on the cluster at RAY_ADDRESS, or on a local one. "
+        "Flags override --config; both name the fields of the training config.",
+    )
+    train.add_argument("--config", help="YAML file of training settings")
+    train.add_argument("--metrics-port", type=int, help="Prometheus port of a local Ray cluster")
+    train.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per-epoch progress bars (default: on a terminal)",
+    )
+    _add_config_flags(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy and confusion matrix of a checkpoint")
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    evaluate.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
+    evaluate.add_argument("--data-dir", help="dataset directory or URI")
+    evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    evaluate.add_argument("--batch-size", type=int, default=512)
+    evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+    evaluate.set_defaults(handler=_evaluate)
+
+    data = commands.add_parser("data", help="dataset utilities").add_subparsers(
+        dest="data_command", required=True
+    )
+    download = data.add_parser("download", help="fetch MNIST or Fashion-MNIST and verify them")
+    download.add_argument("name", choices=("mnist", "fashion-mnist"))
+    download.add_argument("--to", required=True, help="destination directory")
+    download.set_defaults(handler=_download)
+
+    models = commands.add_parser("models", help="list the registered models")
+    models.set_defaults(handler=_models)
+    return parser
+
+
+def _field_help() -> dict[str, str]:
+    """The docstring under each TrainConfig field, so the flags document themselves."""
+    tree = ast.parse(inspect.getsource(TrainConfig))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, after in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+        ):
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; defaults are None so only given flags override."""
+    hints = typing.get_type_hints(TrainConfig)
+    docs = _field_help()
+    group = parser.add_argument_group("training config (each also settable in --config)")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        base = next((a for a in get_args(hint) if a is not type(None)), hint)
+        kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": docs.get(field.name)}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif get_origin(hint) is Literal:
+            kwargs["choices"] = get_args(hint)
+        elif get_origin(base) is tuple:
+            kwargs.update(nargs=len(get_args(base)), type=get_args(base)[0], metavar=("H", "W"))
+        elif get_origin(hint) is dict:
+            flag = "--model-arg"
+            kwargs.update(action="append", metavar="KEY=VALUE", type=_key_value)
+        else:
+            kwargs["type"] = base
+        group.add_argument(flag, **kwargs)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)  # "32" -> 32, "[2, 2]" -> [2, 2], "same" -> "same"
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides: dict[str, Any] = {}
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(args, field.name)
+        if value is None:
+            continue
+        overrides[field.name] = dict(value) if field.name == "model_args" else value
+    if args.config:
+        return TrainConfig.from_yaml(args.config, overrides)
+    return TrainConfig.from_dict(overrides, source="command line")
+
+
+def _train(args: argparse.Namespace) -> int:
+    import ray
+
+    from raysight.cluster import connect
+    from raysight.train.trainer import train
+
+    cfg = _config_from_args(args)
+    started = connect(metrics_port=args.metrics_port)
+    try:
+        outcome = train(cfg, progress=args.progress)
+    finally:
+        if started:
+            ray.shutdown()
+    metrics = outcome.manifest.metrics
+    print(f"checkpoint: {outcome.checkpoint}")
+    print(
+        f"epoch {outcome.manifest.epoch}: val accuracy {metrics['val_accuracy']:.4f}, "
+        f"test accuracy {outcome.test.accuracy:.4f} ({outcome.test.samples} images)"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from raysight.engine import Engine
+    from raysight.evaluate import dataset_batches, evaluate
+
+    engine = Engine.from_directory(args.checkpoint)
+    manifest = engine.manifest
+    dataset = args.dataset or manifest.dataset
+    data_dir = args.data_dir or manifest.train_config.get("data_dir")
+    result = evaluate(
+        engine, dataset_batches(dataset, data_dir, args.split, manifest, args.batch_size)
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "checkpoint": str(args.checkpoint),
+                    "dataset": dataset,
+                    "split": args.split,
+                    "accuracy": result.accuracy,
+                    "loss": result.loss,
+                    "samples": result.samples,
+                    "class_names": list(result.class_names),
+                    "confusion": result.confusion.tolist(),
+                }
+            )
+        )
+        return 0
+    print(
+        f"{dataset} {args.split}: accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  "
+        f"({result.samples} images)"
+    )
+    print(_confusion_table(result.confusion, result.class_names, result.per_class_accuracy()))
+    return 0
+
+
+def _confusion_table(confusion: np.ndarray, names: Sequence[str], recall: np.ndarray) -> str:
+    """Rows: true class; columns: predicted class; last column: per-class accuracy."""
+    labels = [n[:8] for n in names]
+    width = max(6, *(len(x) for x in labels), len(str(int(confusion.max(initial=0)))))
+    head = " " * (width + 2) + " ".join(f"{x:>{width}}" for x in labels) + "  accuracy"
+    rows = [
+        f"{label:>{width}}  " + " ".join(f"{v:>{width}d}" for v in row) + f"  {acc:8.4f}"
+        for label, row, acc in zip(labels, confusion, recall, strict=True)
+    ]
+    return "\n".join(["true \\ predicted", head, *rows])
+
+
+def _download(args: argparse.Namespace) -> int:
+    from raysight.data.download import download
+
+    for path in download(args.name, args.to):
+        print(path)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from raysight.models import MODELS
+
+    for name, spec in MODELS.items():
+        print(f"{name:10s} {spec.description}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

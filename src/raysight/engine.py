@@ -1,0 +1,77 @@
+"""Inference on a checkpoint: numpy in, numpy out, torch inside.
+
+The engine knows nothing of gRPC or Ray, so it serves the CLI, evaluation and the Serve
+deployment alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raysight.checkpoint import LoadedCheckpoint, Manifest, build_from_checkpoint, load_checkpoint
+from raysight.data.transforms import normalize
+from raysight.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    """A checkpoint's model on one device, ready for batches."""
+
+    def __init__(self, checkpoint: LoadedCheckpoint, device: str | torch.device = "cpu") -> None:
+        self.manifest: Manifest = checkpoint.manifest
+        self.device = torch.device(device)
+        self.model = build_from_checkpoint(checkpoint).to(self.device).eval()
+        self._mean = self.manifest.preprocessing.mean
+        self._std = self.manifest.preprocessing.std
+
+    @classmethod
+    def from_directory(cls, path: str | Path, device: str | torch.device = "cpu") -> Engine:
+        """Load and verify a checkpoint directory, then place the model on `device`."""
+        return cls(load_checkpoint(path), device)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.manifest.class_names
+
+    def _check_shape(self, batch: np.ndarray, what: str) -> None:
+        expected = tuple(self.manifest.input_shape)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise InputError(
+                f"{what} must have shape [-1, {', '.join(map(str, expected))}], "
+                f"got {list(batch.shape)}"
+            )
+
+    @torch.no_grad()
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
+        """Logits of model-ready inputs.
+
+        Args:
+            inputs: (B, C, H, W) float32, already normalised with the checkpoint's mean/std.
+
+        Returns:
+            (B, K) float32 logits, K = number of classes.
+        """
+        self._check_shape(inputs, "inputs")
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
+        return self.model(x).float().cpu().numpy()
+
+    @torch.no_grad()
+    def classify_pixels(self, images: np.ndarray) -> np.ndarray:
+        """Logits of raw pixels, normalised here with the checkpoint's preprocessing.
+
+        Args:
+            images: (B, C, H, W) uint8.
+
+        Returns:
+            (B, K) float32 logits.
+        """
+        self._check_shape(images, "images")
+        if images.dtype != np.uint8:
+            raise InputError(f"images must be uint8 pixels, got {images.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        return self.model(normalize(x, self._mean, self._std)).float().cpu().numpy()

@@ -1,0 +1,1 @@
+"""Distributed training with Ray Train: the per-worker loop and the driver that starts it."""

@@ -1,0 +1,284 @@
+"""The function every Ray Train worker runs: build, resume, train, evaluate, checkpoint, report.
+
+Rank 0 alone writes checkpoints and publishes metrics; every rank calls `ray.train.report`
+the same number of times, as Ray Train requires.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from raysight.checkpoint import (
+    Manifest,
+    Preprocessing,
+    TrainState,
+    load_checkpoint,
+    save_checkpoint,
+)
+from raysight.config import TrainConfig
+from raysight.errors import RaysightError
+from raysight.logs import setup_logging
+from raysight.models import build_model
+from raysight.train.feeds import ArrayFeed, Feed, RayDataFeed
+from raysight.train.metrics import EpochStats, TrainMetrics
+from raysight.train.schedule import lr_at
+from raysight.train.step import EpochSums, Preparation, Stepper, build_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RaysightError):
+    """The loss stopped being a finite number; retrying from a checkpoint would not help."""
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What the driver resolved once and every worker needs (pickled to each worker)."""
+
+    config: dict[str, Any]  # TrainConfig.to_dict()
+    run_name: str
+    threads: int  # torch intra-op threads per worker
+    model_kwargs: dict[str, Any]  # resolved, so every rank builds the same architecture
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    preprocessing: Preprocessing
+    prep: Preparation
+    class_names: tuple[str, ...]
+    # In-memory splits: (images ref, labels ref) in Ray's object store. None for Ray Data
+    # datasets, which Ray Train hands to each worker as shards instead.
+    arrays: dict[str, tuple[ray.ObjectRef, ray.ObjectRef]] | None
+    rows: dict[str, int] = field(default_factory=dict)  # split -> rows, for Ray Data step counts
+    progress: bool = False
+    log_json: bool = False  # the driver's choice, so worker lines read like its own
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point; `loop_config` is {"plan": WorkerPlan}."""
+    plan: WorkerPlan = loop_config["plan"]
+    setup_logging(json_lines=plan.log_json)
+    cfg = TrainConfig.from_dict(plan.config)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(plan.threads)
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+
+    model = build_model(cfg.model, **plan.model_kwargs).to(device)
+    if plan.prep.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    start_epoch, best = _resume(model, optimizer)
+    if start_epoch:
+        logger.info("resuming from the checkpoint of epoch %d", start_epoch)
+
+    ddp: nn.Module = model
+    if world > 1:
+        ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    stepper = Stepper(
+        ddp,
+        optimizer,
+        device,
+        plan.prep,
+        label_smoothing=cfg.label_smoothing,
+        seed=cfg.seed * 1000 + rank,
+    )
+    per_worker_batch = cfg.batch_size // world
+    train_feed, val_feed = _feeds(plan, rank, world, per_worker_batch, cfg.seed)
+    steps = train_feed.steps_per_epoch()
+    total_steps = steps * cfg.epochs
+    lr_for_step = partial(
+        lr_at,
+        total_steps=total_steps,
+        peak=cfg.lr,
+        schedule=cfg.schedule,
+        warmup=cfg.warmup_fraction,
+    )
+    metrics = TrainMetrics(plan.run_name, cfg.model) if rank == 0 else None
+    run_start = time.perf_counter()
+
+    for epoch in range(start_epoch, cfg.epochs):
+        bar = _progress_bar(plan, rank, epoch, cfg.epochs, steps)
+        train_sums = stepper.train_epoch(
+            train_feed.epoch(epoch), lr_for_step, epoch * steps, on_step=bar.update if bar else None
+        )
+        if bar:
+            bar.close()
+        val_sums = stepper.evaluate(model, val_feed.epoch(epoch))
+        stats = _global_stats(epoch + 1, train_sums, val_sums, device)
+        if not math.isfinite(stats.train_loss):
+            # Every rank sees the same reduced loss, so all stop together.
+            raise TrainingDivergedError(
+                f"training loss became {stats.train_loss} in epoch {stats.epoch}; "
+                f"lower lr (now {cfg.lr}) or raise warmup_fraction"
+            )
+        best = max(best, stats.val_accuracy)
+        report = {
+            "epoch": stats.epoch,
+            "train_loss": stats.train_loss,
+            "train_accuracy": stats.train_accuracy,
+            "val_loss": stats.val_loss,
+            "val_accuracy": stats.val_accuracy,
+            "samples_per_second": stats.samples_per_second,
+            "epoch_seconds": stats.seconds,
+            "resumed_from_epoch": start_epoch,
+        }
+        if rank != 0:
+            ray.train.report(report)
+            continue
+        assert metrics is not None
+        metrics.record(stats)
+        _log_epoch(stats, cfg.epochs, (time.perf_counter() - run_start) / (epoch + 1 - start_epoch))
+        with tempfile.TemporaryDirectory(prefix="raysight-ckpt-") as tmp:
+            path = _save(
+                Path(tmp) / "checkpoint",
+                plan=plan,
+                cfg=cfg,
+                model=model,
+                optimizer=optimizer,
+                stats=stats,
+                best=best,
+            )
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(path))
+
+
+def _feeds(plan: WorkerPlan, rank: int, world: int, batch: int, seed: int) -> tuple[Feed, Feed]:
+    if plan.arrays is not None:
+        train_x, train_y = ray.get(list(plan.arrays["train"]))
+        val_x, val_y = ray.get(list(plan.arrays["val"]))
+        return (
+            ArrayFeed(
+                train_x, train_y, rank=rank, world=world, batch_size=batch, train=True, seed=seed
+            ),
+            ArrayFeed(val_x, val_y, rank=rank, world=world, batch_size=batch, train=False),
+        )
+    # Ray Data's equal split gives each rank floor(rows / world) rows.
+    train_steps = (plan.rows["train"] // world) // batch
+    val_steps = -(-(plan.rows["val"] // world) // batch)
+    return (
+        RayDataFeed(
+            ray.train.get_dataset_shard("train"),
+            batch_size=batch,
+            train=True,
+            steps=train_steps,
+            seed=seed,
+        ),
+        RayDataFeed(
+            ray.train.get_dataset_shard("val"), batch_size=batch, train=False, steps=val_steps
+        ),
+    )
+
+
+def _resume(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+    """Load the latest checkpoint Ray Train hands back after a failure, if any.
+
+    Returns (epochs already completed, best validation accuracy so far).
+    """
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, 0.0
+    with checkpoint.as_directory() as directory:
+        loaded = load_checkpoint(directory, with_train_state=True)
+    model.load_state_dict(loaded.state_dict)
+    if loaded.train_state is None:
+        return loaded.manifest.epoch, 0.0
+    optimizer.load_state_dict(loaded.train_state.optimizer)
+    return loaded.train_state.epoch, float(loaded.train_state.extra.get("best_val_accuracy", 0.0))
+
+
+def _global_stats(epoch: int, train: EpochSums, val: EpochSums, device: torch.device) -> EpochStats:
+    """Sum the per-rank totals across the group (one collective per epoch)."""
+    totals = torch.tensor(
+        [train.loss, train.correct, train.samples, val.loss, val.correct, val.samples],
+        dtype=torch.float64,
+        device=device,
+    )
+    seconds = torch.tensor([train.seconds], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+    t_loss, t_correct, t_n, v_loss, v_correct, v_n = totals.tolist()
+    return EpochStats(
+        epoch=epoch,
+        train_loss=t_loss / max(t_n, 1),
+        train_accuracy=t_correct / max(t_n, 1),
+        val_loss=v_loss / max(v_n, 1),
+        val_accuracy=v_correct / max(v_n, 1),
+        samples=int(t_n),
+        seconds=float(seconds.item()),
+    )
+
+
+def _save(
+    directory: Path,
+    *,
+    plan: WorkerPlan,
+    cfg: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stats: EpochStats,
+    best: float,
+) -> Path:
+    manifest = Manifest.new(
+        model=cfg.model,
+        model_kwargs=plan.model_kwargs,
+        input_shape=plan.input_shape,
+        preprocessing=plan.preprocessing,
+        class_names=plan.class_names,
+        dataset=cfg.dataset,
+        metrics={
+            "val_accuracy": stats.val_accuracy,
+            "val_loss": stats.val_loss,
+            "train_accuracy": stats.train_accuracy,
+            "train_loss": stats.train_loss,
+        },
+        train_config=plan.config,
+        epoch=stats.epoch,
+    )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    train_state = TrainState(
+        optimizer=optimizer.state_dict(),
+        scheduler=None,  # the schedule is a pure function of the step: nothing to save
+        epoch=stats.epoch,
+        extra={"best_val_accuracy": best},
+    )
+    return save_checkpoint(directory, state_dict=state, manifest=manifest, train_state=train_state)
+
+
+def _log_epoch(stats: EpochStats, epochs: int, seconds_per_epoch: float) -> None:
+    left = seconds_per_epoch * (epochs - stats.epoch)
+    logger.info(
+        "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.0f samples/s  "
+        "%.1fs  ~%.0fs left",
+        stats.epoch,
+        epochs,
+        stats.train_loss,
+        stats.train_accuracy,
+        stats.val_loss,
+        stats.val_accuracy,
+        stats.samples_per_second,
+        stats.seconds,
+        left,
+    )
+
+
+def _progress_bar(plan: WorkerPlan, rank: int, epoch: int, epochs: int, steps: int) -> Any:
+    """A per-epoch bar drawn by the driver's terminal, or None when nobody is watching."""
+    if not plan.progress or rank != 0:
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    return tqdm(desc=f"epoch {epoch + 1}/{epochs}", total=steps, unit="batch")

@@ -1,0 +1,81 @@
+"""Training metrics, declared once, exported through Ray's metrics endpoint.
+
+Ray's exporter prefixes every application metric with its namespace, so Prometheus sees
+`ray_raysight_train_samples_per_second` and so on. Labels are the run and the model only:
+both bounded by the number of runs, never per step or per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray.util import metrics
+
+_TAGS = ("run", "model")
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch measured, summed over all ranks."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    samples: int
+    seconds: float  # training time only; evaluation is excluded from throughput
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+class TrainMetrics:
+    """The Prometheus view of a run. Create it on rank 0 only: the stats are already global."""
+
+    def __init__(self, run: str, model: str) -> None:
+        self._tags = {"run": run, "model": model}
+        self._throughput = metrics.Gauge(
+            "raysight_train_samples_per_second",
+            description="Training throughput of the last epoch, all workers together.",
+            tag_keys=_TAGS,
+        )
+        self._epoch_seconds = metrics.Gauge(
+            "raysight_train_epoch_seconds",
+            description="Wall time of the last epoch's training steps.",
+            tag_keys=_TAGS,
+        )
+        self._loss = metrics.Gauge(
+            "raysight_train_loss",
+            description="Mean cross-entropy of the last epoch, by split (train, val).",
+            tag_keys=(*_TAGS, "split"),
+        )
+        self._accuracy = metrics.Gauge(
+            "raysight_train_accuracy",
+            description="Top-1 accuracy of the last epoch, by split (train, val).",
+            tag_keys=(*_TAGS, "split"),
+        )
+        self._samples = metrics.Counter(
+            "raysight_train_samples_total",
+            description="Training samples processed, all workers together.",
+            tag_keys=_TAGS,
+        )
+        self._epochs = metrics.Counter(
+            "raysight_train_epochs_total",
+            description="Training epochs completed.",
+            tag_keys=_TAGS,
+        )
+
+    def record(self, stats: EpochStats) -> None:
+        """Publish one epoch's numbers."""
+        self._throughput.set(stats.samples_per_second, tags=self._tags)
+        self._epoch_seconds.set(stats.seconds, tags=self._tags)
+        for split, loss, acc in (
+            ("train", stats.train_loss, stats.train_accuracy),
+            ("val", stats.val_loss, stats.val_accuracy),
+        ):
+            self._loss.set(loss, tags={**self._tags, "split": split})
+            self._accuracy.set(acc, tags={**self._tags, "split": split})
+        self._samples.inc(stats.samples, tags=self._tags)
+        self._epochs.inc(1, tags=self._tags)
