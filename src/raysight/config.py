@@ -65,7 +65,7 @@ class TrainConfig:
     augment: Augment = "auto"
     """auto: random crop for every dataset, plus horizontal flips for natural images."""
     crop_padding: int = 0
-    """Pixels of random translation for augment=crop; 0 picks about H/8."""
+    """Pixels of random translation; 0 picks H/8 for photos, H/14 for digits."""
     seed: int = 0
 
     # --- cluster ---
@@ -73,8 +73,9 @@ class TrainConfig:
     """Ray Train workers (DDP ranks)."""
     gpu: bool = False
     """One GPU per worker; enables bf16 autocast and channels_last."""
-    cpus_per_worker: int = 0
-    """CPU cores reserved per worker (and torch threads); 0 shares the node's cores evenly."""
+    cpus_per_worker: float = 0.0
+    """CPU cores reserved per worker (torch threads: its whole cores, at least 1); 0 shares
+    the cluster's cores evenly, keeping a quarter for Ray Data when images stream."""
     max_failures: int = 2
     """Worker-group restarts allowed; each resumes from the latest checkpoint."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,9 @@ from raysight.data import load_arrays
 from raysight.data.idx import IMAGES_MAGIC, LABELS_MAGIC, load_idx
 from raysight.data.transforms import channel_stats
 from raysight.errors import DataError
+from tests.builders import idx_bytes
 
 REAL_MNIST = Path(__file__).resolve().parents[2].parent / "shared/datasets/mnist"
-
-
-def _idx_bytes(array: np.ndarray, magic: int) -> bytes:
-    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -32,8 +27,8 @@ def _write_split(
 ) -> tuple[Path, Path]:
     ext = ".gz" if gz else ""
     return (
-        _write(root / f"{prefix}-images-idx3-ubyte{ext}", _idx_bytes(images, IMAGES_MAGIC)),
-        _write(root / f"{prefix}-labels-idx1-ubyte{ext}", _idx_bytes(labels, LABELS_MAGIC)),
+        _write(root / f"{prefix}-images-idx3-ubyte{ext}", idx_bytes(images, IMAGES_MAGIC)),
+        _write(root / f"{prefix}-labels-idx1-ubyte{ext}", idx_bytes(labels, LABELS_MAGIC)),
     )
 
 
@@ -108,7 +103,7 @@ def test_wrong_magic(tmp_path: Path) -> None:
     images, labels = _sample(4)
     _write_split(tmp_path, "train", images, labels)
     # A labels file where the images file belongs.
-    _write(tmp_path / "train-images-idx3-ubyte.gz", _idx_bytes(labels, LABELS_MAGIC))
+    _write(tmp_path / "train-images-idx3-ubyte.gz", idx_bytes(labels, LABELS_MAGIC))
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz.*0x00000801"):
         load_idx(str(tmp_path), "train")
 

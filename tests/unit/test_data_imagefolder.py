@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -14,12 +13,7 @@ from raysight.data import load_arrays
 from raysight.data.imagefolder import decode_image, scan, to_ray_dataset
 from raysight.data.imagefolder import load_arrays as load_folder_arrays
 from raysight.errors import DataError
-
-
-def _encode(pixels: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt)
-    return buffer.getvalue()
+from tests.builders import encode_image
 
 
 def _noise(size: tuple[int, int] = (64, 64)) -> np.ndarray:
@@ -36,10 +30,10 @@ def _make_folder(root: Path) -> Path:
     dogs = root / "train" / "dog"
     cats.mkdir(parents=True)
     dogs.mkdir(parents=True)
-    (cats / "b.png").write_bytes(_encode(_solid(10), "PNG"))
-    (cats / "a.PNG").write_bytes(_encode(_solid(20), "PNG"))
-    (dogs / "x.JPEG").write_bytes(_encode(_solid(200), "JPEG"))
-    (dogs / "y.jpg").write_bytes(_encode(_solid(220), "JPEG"))
+    (cats / "b.png").write_bytes(encode_image(_solid(10), "PNG"))
+    (cats / "a.PNG").write_bytes(encode_image(_solid(20), "PNG"))
+    (dogs / "x.JPEG").write_bytes(encode_image(_solid(200), "JPEG"))
+    (dogs / "y.jpg").write_bytes(encode_image(_solid(220), "JPEG"))
     (dogs / "notes.txt").write_text("ignored")
     (dogs / ".hidden.png").write_bytes(b"ignored")
     (root / "train" / ".cache").mkdir()  # hidden: not a class
@@ -81,7 +75,7 @@ def test_decode_keeps_aspect_and_crops_the_centre() -> None:
     pixels = np.zeros((10, 40), dtype=np.uint8)
     pixels[:, 10:30] = 128
     pixels[:, 30:] = 255
-    out = decode_image(_encode(pixels, "PNG"), (4, 4), 1, "wide.png")
+    out = decode_image(encode_image(pixels, "PNG"), (4, 4), 1, "wide.png")
     assert out.shape == (1, 4, 4)
     assert out.dtype == np.uint8
     # Only the central 10x10 square is kept, and it is all grey: nothing was squashed in.
@@ -91,7 +85,7 @@ def test_decode_keeps_aspect_and_crops_the_centre() -> None:
 def test_decode_matches_resize_then_crop() -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(12, 24, 3), dtype=np.uint8)  # (H, W, C)
-    out = decode_image(_encode(pixels, "PNG"), (6, 6), 3, "noise.png")
+    out = decode_image(encode_image(pixels, "PNG"), (6, 6), 3, "noise.png")
     # Reference: shorter side 12 -> 6 (so 24 -> 12), then keep columns 3..8.
     halved = Image.fromarray(pixels).resize((12, 6), Image.Resampling.BILINEAR)
     expected = np.asarray(halved)[:, 3:9].transpose(2, 0, 1)
@@ -101,8 +95,8 @@ def test_decode_matches_resize_then_crop() -> None:
 def test_decode_converts_channels() -> None:
     rgb = np.zeros((8, 8, 3), dtype=np.uint8)
     rgb[..., 0] = 255  # pure red
-    grey = decode_image(_encode(rgb, "PNG"), (8, 8), 1, "red.png")
-    colour = decode_image(_encode(rgb[..., 0], "PNG"), (8, 8), 3, "grey.png")
+    grey = decode_image(encode_image(rgb, "PNG"), (8, 8), 1, "red.png")
+    colour = decode_image(encode_image(rgb[..., 0], "PNG"), (8, 8), 3, "grey.png")
     assert grey.shape == (1, 8, 8)
     assert int(grey[0, 0, 0]) == 76  # ITU-R 601 luma of pure red
     assert colour.shape == (3, 8, 8)
@@ -112,7 +106,7 @@ def test_decode_converts_channels() -> None:
 def test_decode_returns_channels_first() -> None:
     rgb = np.zeros((6, 6, 3), dtype=np.uint8)
     rgb[..., 2] = 255  # blue
-    out = decode_image(_encode(rgb, "PNG"), (6, 6), 3, "blue.png")
+    out = decode_image(encode_image(rgb, "PNG"), (6, 6), 3, "blue.png")
     np.testing.assert_array_equal(out[:, 0, 0], [0, 0, 255])
     assert out.flags.c_contiguous
 
@@ -121,8 +115,8 @@ def test_decode_returns_channels_first() -> None:
     "data",
     [
         pytest.param(b"definitely not an image", id="garbage"),
-        pytest.param(_encode(_noise(), "PNG")[:2000], id="truncated-png"),
-        pytest.param(_encode(_noise(), "JPEG")[:2000], id="truncated-jpeg"),
+        pytest.param(encode_image(_noise(), "PNG")[:2000], id="truncated-png"),
+        pytest.param(encode_image(_noise(), "JPEG")[:2000], id="truncated-jpeg"),
     ],
 )
 def test_undecodable_image_names_the_source(data: bytes) -> None:
@@ -169,7 +163,7 @@ def test_ray_dataset_streams_decoded_rows(tmp_path: Path) -> None:
     ds = to_ray_dataset(index, (6, 8), 1)
     # Lazy: the file is replaced after the dataset is built, and the new pixels come out.
     replaced = root / "train" / "cat" / "a.PNG"
-    replaced.write_bytes(_encode(_solid(90), "PNG"))
+    replaced.write_bytes(encode_image(_solid(90), "PNG"))
     os.utime(replaced)
 
     rows = list(ds.iter_rows())

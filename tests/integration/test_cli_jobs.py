@@ -1,0 +1,122 @@
+"""The commands a person runs: `raysight train` / `evaluate` and `ray job submit`, as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raysight.checkpoint import verify_checkpoint
+from tests.conftest import REPO, RayCluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BIN = Path(sys.executable).parent
+
+
+def _run(argv: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _env(cluster: RayCluster) -> dict[str, str]:
+    # RAY_ADDRESS makes the command join the test cluster instead of starting its own.
+    return {**os.environ, "RAY_ADDRESS": cluster.gcs_address, "RAY_AUTH_MODE": "token"}
+
+
+def test_train_then_evaluate_commands(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    out = tmp_path / "ckpt"
+    train = _run(
+        [
+            str(BIN / "raysight"),
+            "train",
+            "--config",
+            "services/digits.yaml",
+            "--epochs",
+            "3",
+            "--output",
+            str(out),
+            "--storage-path",
+            str(tmp_path / "storage"),
+            "--no-progress",
+        ],
+        _env(ray_cluster),
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert f"checkpoint: {out}" in train.stdout
+    manifest = verify_checkpoint(out)
+    assert manifest.epoch >= 1
+    assert manifest.train_config["epochs"] == 3  # the flag overrode the file's 30
+
+    evaluate = _run(
+        [str(BIN / "raysight"), "evaluate", "--checkpoint", str(out), "--json"], dict(os.environ)
+    )
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    result = json.loads(evaluate.stdout)
+    assert result["samples"] == 359
+    assert result["accuracy"] == pytest.approx(manifest.metrics["test_accuracy"], abs=1e-9)
+    assert sum(map(sum, result["confusion"])) == 359
+
+    table = _run([str(BIN / "raysight"), "evaluate", "--checkpoint", str(out)], dict(os.environ))
+    assert table.returncode == 0
+    assert "true \\ predicted" in table.stdout
+    assert f"accuracy {manifest.metrics['test_accuracy']:.4f}" in table.stdout
+
+
+def test_bad_input_fails_cleanly_without_a_traceback(tmp_path: Path) -> None:
+    missing = _run(
+        [str(BIN / "raysight"), "train", "--dataset", "mnist", "--data-dir", str(tmp_path)],
+        dict(os.environ),
+    )
+    assert missing.returncode == 2
+    assert "error:" in missing.stderr
+    assert "train-images-idx3-ubyte" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    (tmp_path / "broken").mkdir()
+    evaluate = _run(
+        [str(BIN / "raysight"), "evaluate", "--checkpoint", str(tmp_path / "broken")],
+        dict(os.environ),
+    )
+    assert evaluate.returncode == 2
+    assert "manifest" in evaluate.stderr
+    assert "Traceback" not in evaluate.stderr
+
+
+def test_ray_job_submit_runs_the_training_entrypoint(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    out = tmp_path / "job-ckpt"
+    submit = _run(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            ray_cluster.dashboard_url,
+            "--working-dir",
+            ".",
+            "--",
+            # The cluster's interpreter: on a real cluster image that is plain `python`.
+            sys.executable,
+            "services/train_job.py",
+            "--config",
+            "services/digits.yaml",
+            "epochs=2",
+            f"output={out}",
+            f"storage_path={tmp_path / 'storage'}",
+            "workers=1",
+        ],
+        {**os.environ, "RAY_AUTH_MODE": "token"},
+    )
+    assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+    assert "succeeded" in submit.stdout.lower()
+    # The entrypoint's last log line carries the result (JSON inside the JSON log line).
+    result_lines = [line for line in submit.stdout.splitlines() if "test_accuracy" in line]
+    assert result_lines, submit.stdout[-3000:]
+    assert verify_checkpoint(out).train_config["workers"] == 1
