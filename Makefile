@@ -10,7 +10,7 @@ export RAY_worker_niceness := 0
 # Keep Ray's sockets and logs inside the work tree (short path: unix sockets allow 107 bytes).
 export RAYSIGHT_RAY_TMPDIR ?= $(CURDIR)/.tmp/ray
 
-.PHONY: venv lint typecheck test test-fast bench run constraints clean
+.PHONY: venv lint typecheck test test-fast bench run constraints clean proto
 
 venv: $(STAMP)
 
@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check src tests bench services
-	$(BIN)/ruff format --check src tests bench services
+	$(BIN)/ruff check src tests bench services scripts
+	$(BIN)/ruff format --check src tests bench services scripts
 	$(BIN)/mypy
 
 typecheck: lint
@@ -34,6 +34,10 @@ test: venv lint
 # The unit tests alone: seconds, for the edit-test loop.
 test-fast: venv
 	$(BIN)/pytest -m "not gpu and not slow and not integration"
+
+# Regenerate src/raysight/_proto/ from protos/ (commit the result; a unit test checks it).
+proto: venv
+	$(BIN)/python scripts/gen_proto.py
 
 bench: venv
 	$(BIN)/python bench/train_throughput.py

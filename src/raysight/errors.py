@@ -18,4 +18,12 @@ class ConfigError(RaysightError, ValueError):
 
 
 class InputError(RaysightError, ValueError):
-    """A request's input is malformed (shape, dtype, size). The message names the field."""
+    """A request's input is malformed (shape, dtype, size). The message names the field.
+
+    `reason` is a short fixed word for metrics (never request data): invalid_input,
+    bad_shape, too_large, not_an_image, ...
+    """
+
+    def __init__(self, message: str, reason: str = "invalid_input") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from raysight import imaging
 from raysight.data import fs
 from raysight.data.base import ArrayDataset
 from raysight.errors import DataError
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
-_MODES = {1: "L", 3: "RGB"}
 # Rows per Ray Data decode task: small enough that a batch of 224x224 RGB images stays
 # around 10 MB, large enough to amortise the per-batch overhead.
 _DECODE_BATCH_SIZE = 64
@@ -103,21 +103,12 @@ def scan(root: str, split: str) -> ImageFolderIndex:
     )
 
 
-def _crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
-    # The centred source region with the target's aspect ratio: resizing just this region is
-    # the same as "resize the shorter side, then centre crop", with a single resampling.
-    out_h, out_w = size
-    scale = min(width / out_w, height / out_h)
-    crop_w, crop_h = out_w * scale, out_h * scale
-    left, top = (width - crop_w) / 2, (height - crop_h) / 2
-    return (left, top, left + crop_w, top + crop_h)
-
-
 def decode_image(data: bytes, size: tuple[int, int], channels: int, source: str) -> np.ndarray:
     """Decode an encoded image to a fixed-size array.
 
     The image is turned upright per its EXIF orientation, converted to grey ("L") or "RGB",
-    then scaled with bilinear filtering so its shorter side fits and centre-cropped to `size`.
+    then scaled with bilinear filtering so its shorter side fits and centre-cropped to `size`
+    (`raysight.imaging.to_pixels`, which serving shares so both see the same pixels).
 
     Args:
         data: Encoded image bytes (JPEG, PNG, or anything Pillow reads).
@@ -132,21 +123,13 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int, source: str)
         DataError: If the bytes are not a decodable image; the message names `source`.
         ValueError: If `channels` is not 1 or 3, or `size` is not positive.
     """
-    if channels not in _MODES:
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    out_h, out_w = size
-    if out_h <= 0 or out_w <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+    imaging.check_geometry(size, channels)
     try:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()  # decode now, so truncation is reported here and not later
-            image = ImageOps.exif_transpose(opened).convert(_MODES[channels])
+            return imaging.to_pixels(opened, size, channels)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{source}: cannot decode image ({exc})") from exc
-    box = _crop_box(image.width, image.height, size)
-    resized = image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
-    pixels = np.asarray(resized, dtype=np.uint8).reshape(out_h, out_w, channels)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))  # (H, W, C) -> (C, H, W)
 
 
 def _decode_files(paths: Sequence[str], size: tuple[int, int], channels: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Generated code: made by scripts/gen_proto.py (make proto); do not edit."""

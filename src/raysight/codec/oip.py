@@ -1,0 +1,380 @@
+"""Open Inference Protocol tensors <-> numpy arrays.
+
+Symmetric pairs: `decode_inputs` / `encode_inputs` for requests, `encode_outputs` /
+`decode_outputs` for responses. A tensor travels either as raw bytes (little-endian,
+row-major, one `raw_*_contents` entry per tensor in tensor order) or as typed protobuf values
+in its `contents`; one message uses one way for all its tensors. Every malformed message
+raises `InputError` with a message that names the tensor.
+
+The functions only read and write message fields, so they take any generated copy of the
+protocol's messages, ours or another client library's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from raysight.errors import InputError
+
+if TYPE_CHECKING:
+    from raysight._proto.inference.grpc_service_pb2 import (
+        InferTensorContents,
+        ModelInferRequest,
+        ModelInferResponse,
+    )
+
+    _Tensor = ModelInferRequest.InferInputTensor | ModelInferResponse.InferOutputTensor
+
+logger = logging.getLogger(__name__)
+
+# The one datatype table: OIP datatype -> (little-endian numpy dtype, the InferTensorContents
+# field that carries its typed values). FP16 has no typed field, so it travels raw only.
+# BYTES (variable-length strings) is not a numeric tensor and is refused here.
+_TABLE: Mapping[str, tuple[str, str | None]] = {
+    "BOOL": ("|b1", "bool_contents"),
+    "UINT8": ("|u1", "uint_contents"),
+    "UINT16": ("<u2", "uint_contents"),
+    "UINT32": ("<u4", "uint_contents"),
+    "UINT64": ("<u8", "uint64_contents"),
+    "INT8": ("|i1", "int_contents"),
+    "INT16": ("<i2", "int_contents"),
+    "INT32": ("<i4", "int_contents"),
+    "INT64": ("<i8", "int64_contents"),
+    "FP16": ("<f2", None),
+    "FP32": ("<f4", "fp32_contents"),
+    "FP64": ("<f8", "fp64_contents"),
+}
+
+DATATYPES: Mapping[str, np.dtype[Any]] = MappingProxyType(
+    {name: np.dtype(code) for name, (code, _) in _TABLE.items()}
+)
+_CONTENTS: Mapping[str, str | None] = {name: field for name, (_, field) in _TABLE.items()}
+# (kind, itemsize) -> datatype: matches a dtype whatever its byte order.
+_BY_KIND: Mapping[tuple[str, int], str] = {
+    (dtype.kind, dtype.itemsize): name for name, dtype in DATATYPES.items()
+}
+# The protobuf type of each InferTensorContents field. Small integer types travel widened
+# (UINT8 in uint32 values), so decoding checks that every value fits the datatype.
+_CONTENTS_DTYPE: Mapping[str, np.dtype[Any]] = {
+    "bool_contents": np.dtype("|b1"),
+    "int_contents": np.dtype("<i4"),
+    "int64_contents": np.dtype("<i8"),
+    "uint_contents": np.dtype("<u4"),
+    "uint64_contents": np.dtype("<u8"),
+    "fp32_contents": np.dtype("<f4"),
+    "fp64_contents": np.dtype("<f8"),
+}
+_ALL_CONTENTS = (*_CONTENTS_DTYPE, "bytes_contents")
+
+
+def to_numpy_dtype(datatype: str, field: str) -> np.dtype[Any]:
+    """The numpy dtype of an OIP datatype.
+
+    Args:
+        datatype: An OIP datatype string, e.g. "FP32".
+        field: The tensor the datatype belongs to, for messages, e.g. 'inputs[0] "images"'.
+
+    Returns:
+        The little-endian numpy dtype.
+
+    Raises:
+        InputError: If the datatype is unknown or not numeric (BYTES).
+    """
+    dtype = DATATYPES.get(datatype)
+    if dtype is None:
+        raise InputError(
+            f'{field}: datatype "{datatype}" is not supported; use one of {", ".join(DATATYPES)}'
+        )
+    return dtype
+
+
+def from_numpy_dtype(dtype: np.dtype[Any]) -> str:
+    """The OIP datatype of a numpy dtype, whatever its byte order.
+
+    Args:
+        dtype: A boolean, integer or floating point dtype.
+
+    Returns:
+        The OIP datatype string, e.g. "FP32".
+
+    Raises:
+        ValueError: If no OIP datatype matches (complex, string, object and other dtypes).
+    """
+    dtype = np.dtype(dtype)
+    name = _BY_KIND.get((dtype.kind, dtype.itemsize))
+    if name is None:
+        raise ValueError(
+            f"numpy dtype {dtype} has no OIP datatype; use one of {', '.join(DATATYPES)}"
+        )
+    return name
+
+
+def _where(kind: str, index: int, name: str) -> str:
+    # How messages name a tensor: 'inputs[0] "images"'.
+    return f'{kind}[{index}] "{name}"'
+
+
+def _raw_per_tensor(
+    tensors: Sequence[_Tensor], raw: Sequence[bytes], kind: str, raw_field: str
+) -> list[bytes | None]:
+    # The raw bytes of each tensor, or None for each when the message uses typed contents.
+    if not raw:
+        return [None] * len(tensors)
+    for i, tensor in enumerate(tensors):
+        if tensor.HasField("contents"):
+            raise InputError(
+                f"{_where(kind, i, tensor.name)}: sets contents while the message also has "
+                f"{raw_field}; send every tensor one way, raw or typed"
+            )
+    if len(raw) != len(tensors):
+        raise InputError(
+            f"{raw_field}: {len(raw)} entries for {len(tensors)} {kind}; "
+            f"send one entry per tensor, in the order of {kind}"
+        )
+    return list(raw)
+
+
+def _check_headers(tensors: Sequence[_Tensor], kind: str) -> list[tuple[int, ...]]:
+    # Names present and unique, dimensions non-negative. Returns each tensor's shape.
+    seen: set[str] = set()
+    shapes = []
+    for i, tensor in enumerate(tensors):
+        where = _where(kind, i, tensor.name)
+        if not tensor.name:
+            raise InputError(f"{kind}[{i}]: name is empty; name every tensor")
+        if tensor.name in seen:
+            raise InputError(f"{where}: name appears twice; send each tensor once")
+        seen.add(tensor.name)
+        shape = tuple(int(d) for d in tensor.shape)
+        if any(d < 0 for d in shape):
+            raise InputError(f"{where}: shape {list(shape)} has a negative dimension")
+        shapes.append(shape)
+    return shapes
+
+
+def _check_batches(
+    tensors: Sequence[_Tensor], shapes: Sequence[tuple[int, ...]], max_batch_size: int
+) -> None:
+    # The first dimension of every input is the batch: 1..max_batch_size, the same for all.
+    for i, (tensor, shape) in enumerate(zip(tensors, shapes, strict=True)):
+        where = _where("inputs", i, tensor.name)
+        if not shape:
+            raise InputError(f"{where}: shape [] has no batch dimension; the first is the batch")
+        if shape[0] == 0:
+            raise InputError(f"{where}: batch size is 0; send at least one item")
+        if shape[0] > max_batch_size:
+            raise InputError(
+                f"{where}: batch size {shape[0]} exceeds the maximum of {max_batch_size}; "
+                "split the request"
+            )
+        if shape[0] != shapes[0][0]:
+            raise InputError(
+                f"{where}: batch size {shape[0]} differs from {shapes[0][0]} of inputs[0]"
+            )
+
+
+def _from_raw(
+    where: str, datatype: str, dtype: np.dtype[Any], shape: tuple[int, ...], raw: bytes
+) -> np.ndarray:
+    # The length is checked before the bytes are viewed, so a lying shape never reads past
+    # the buffer nor allocates anything.
+    expected = math.prod(shape) * dtype.itemsize
+    if len(raw) != expected:
+        raise InputError(
+            f"{where}: shape {list(shape)} needs {expected} bytes of {datatype}, got {len(raw)}"
+        )
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)  # read-only view, no copy
+    if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
+        raise InputError(f"{where}: BOOL bytes must be 0 or 1")
+    return array.astype(dtype.newbyteorder("="), copy=False)  # a no-op on little-endian hosts
+
+
+def _check_range(where: str, datatype: str, dtype: np.dtype[Any], values: np.ndarray) -> None:
+    # Typed values of 8- and 16-bit integers travel as 32-bit ones: 300 is valid on the wire
+    # but not a UINT8.
+    if dtype.kind not in "iu" or values.size == 0:
+        return
+    info = np.iinfo(dtype)
+    bad = values[(values < info.min) | (values > info.max)]
+    if bad.size:
+        raise InputError(
+            f"{where}: value {bad[0]} is out of range for {datatype} ({info.min}..{info.max})"
+        )
+
+
+def _from_contents(
+    where: str,
+    tensor: _Tensor,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    raw_field: str,
+) -> np.ndarray:
+    datatype = tensor.datatype
+    field = _CONTENTS[datatype]
+    if field is None:
+        raise InputError(f"{where}: {datatype} has no typed contents field; send it in {raw_field}")
+    if not tensor.HasField("contents"):
+        raise InputError(f"{where}: no data; set contents.{field} or send {raw_field}")
+    others = [f for f in _ALL_CONTENTS if f != field and len(getattr(tensor.contents, f))]
+    if others:
+        raise InputError(
+            f"{where}: a {datatype} tensor carries its values in {field}, not {others[0]}"
+        )
+    values = getattr(tensor.contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InputError(
+            f"{where}: shape {list(shape)} needs {count} values in contents.{field}, "
+            f"got {len(values)}"
+        )
+    wide = np.fromiter(values, dtype=_CONTENTS_DTYPE[field], count=count)
+    _check_range(where, datatype, dtype, wide)
+    return wide.astype(dtype.newbyteorder("=")).reshape(shape)
+
+
+def _decode_tensors(
+    tensors: Sequence[_Tensor],
+    shapes: Sequence[tuple[int, ...]],
+    raw: Sequence[bytes | None],
+    kind: str,
+    raw_field: str,
+) -> dict[str, np.ndarray]:
+    arrays = {}
+    for i, (tensor, shape, data) in enumerate(zip(tensors, shapes, raw, strict=True)):
+        where = _where(kind, i, tensor.name)
+        dtype = to_numpy_dtype(tensor.datatype, where)
+        if data is None:
+            arrays[tensor.name] = _from_contents(where, tensor, dtype, shape, raw_field)
+        else:
+            arrays[tensor.name] = _from_raw(where, tensor.datatype, dtype, shape, data)
+    return arrays
+
+
+def decode_inputs(request: ModelInferRequest, *, max_batch_size: int) -> dict[str, np.ndarray]:
+    """Read the input tensors of an inference request.
+
+    Args:
+        request: The request; its inputs use raw_input_contents or typed contents, not both.
+        max_batch_size: The largest batch (first dimension) an input may have, >= 1.
+
+    Returns:
+        Arrays by input name, in request order, each with its datatype's dtype in native byte
+        order and the shape the request gives. Arrays read from raw contents are read-only
+        views of the request's bytes.
+
+    Raises:
+        InputError: If the request is malformed: no inputs, an empty or repeated name, an
+            unknown datatype, a negative dimension, a batch of 0, over `max_batch_size` or
+            different between inputs, raw and typed contents mixed, a raw entry per input
+            missing, a byte length or value count that does not match the shape, or a typed
+            value out of range for its datatype.
+        ValueError: If `max_batch_size` is below 1.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    tensors = request.inputs
+    if not tensors:
+        raise InputError("inputs: the request has no inputs; send at least one tensor")
+    raw = _raw_per_tensor(tensors, request.raw_input_contents, "inputs", "raw_input_contents")
+    shapes = _check_headers(tensors, "inputs")
+    _check_batches(tensors, shapes, max_batch_size)
+    return _decode_tensors(tensors, shapes, raw, "inputs", "raw_input_contents")
+
+
+def decode_outputs(response: ModelInferResponse) -> dict[str, np.ndarray]:
+    """Read the output tensors of an inference response (the pair of `encode_outputs`).
+
+    Args:
+        response: The response; raw_output_contents or typed contents, not both.
+
+    Returns:
+        Arrays by output name, in response order, in native byte order.
+
+    Raises:
+        InputError: If the response is malformed, as for `decode_inputs` (no batch checks).
+    """
+    tensors = response.outputs
+    raw = _raw_per_tensor(tensors, response.raw_output_contents, "outputs", "raw_output_contents")
+    shapes = _check_headers(tensors, "outputs")
+    return _decode_tensors(tensors, shapes, raw, "outputs", "raw_output_contents")
+
+
+def _to_bytes(array: np.ndarray) -> bytes:
+    # Little-endian, row-major, whatever the host and the array's memory layout.
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
+
+
+def encode_outputs(
+    response: ModelInferResponse,
+    outputs: Mapping[str, np.ndarray],
+    *,
+    requested: Sequence[str] | None = None,
+) -> None:
+    """Write output tensors into an inference response as raw contents.
+
+    Appends to `response.outputs` (name, datatype, shape) and to
+    `response.raw_output_contents`, so pass a response without outputs yet.
+
+    Args:
+        response: The response to fill.
+        outputs: Every output the model produced, by name.
+        requested: The names the request asked for, in the order to return them; None or
+            empty means every output, in the order of `outputs`.
+
+    Raises:
+        InputError: If a requested name is not an output; the message lists the outputs.
+        ValueError: If an array's dtype has no OIP datatype.
+    """
+    names = list(dict.fromkeys(requested)) if requested else list(outputs)
+    for i, name in enumerate(names):
+        if name not in outputs:
+            raise InputError(
+                f'outputs[{i}] "{name}": no such output; available: {", ".join(outputs)}'
+            )
+    for name in names:
+        array = np.asarray(outputs[name])
+        response.outputs.add(name=name, datatype=from_numpy_dtype(array.dtype), shape=array.shape)
+        response.raw_output_contents.append(_to_bytes(array))
+
+
+def _set_contents(
+    contents: InferTensorContents, where: str, datatype: str, array: np.ndarray
+) -> None:
+    field = _CONTENTS[datatype]
+    if field is None:
+        raise InputError(f"{where}: {datatype} has no typed contents field; encode it raw")
+    contents.SetInParent()  # present even when the tensor has no elements
+    getattr(contents, field).extend(array.ravel().tolist())
+
+
+def encode_inputs(
+    request: ModelInferRequest, inputs: Mapping[str, np.ndarray], *, raw: bool = True
+) -> None:
+    """Write input tensors into an inference request (the pair of `decode_inputs`).
+
+    Appends to `request.inputs` and, when raw, to `request.raw_input_contents`, so pass a
+    request without inputs yet.
+
+    Args:
+        request: The request to fill.
+        inputs: Arrays by input name, in the order to send them.
+        raw: True for raw_input_contents (compact, fast), False for typed contents.
+
+    Raises:
+        InputError: If `raw` is False and an input is FP16, which has no typed field.
+        ValueError: If an array's dtype has no OIP datatype.
+    """
+    for i, (name, value) in enumerate(inputs.items()):
+        array = np.asarray(value)
+        datatype = from_numpy_dtype(array.dtype)
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        if raw:
+            request.raw_input_contents.append(_to_bytes(array))
+        else:
+            _set_contents(tensor.contents, _where("inputs", i, name), datatype, array)
