@@ -77,6 +77,40 @@ def _parser() -> argparse.ArgumentParser:
     download.add_argument("--to", required=True, help="destination directory")
     download.set_defaults(handler=_download)
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve a checkpoint over gRPC with Ray Serve (blocks until Ctrl-C)",
+        description="Start a local Ray cluster (or join RAY_ADDRESS) and serve the Open "
+        "Inference Protocol, the image API and gRPC health on one port.",
+    )
+    serve.add_argument("--checkpoint", required=True, help="checkpoint directory or URI")
+    serve.add_argument("--grpc-port", type=int, default=9000)
+    serve.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP port")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8080,
+        help="Prometheus metrics of a local Ray cluster (Ray's export port)",
+    )
+    serve.add_argument("--replicas", type=int, default=1)
+    serve.add_argument("--max-batch-size", type=int, default=32)
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0)
+    serve.add_argument("--model-name", default="", help="default: <model>-<dataset>")
+    serve.add_argument("--num-gpus", type=float, default=0.0, help="per replica; may be 0.5")
+    serve.add_argument(
+        "--ingress",
+        choices=("proxy", "haproxy"),
+        default="proxy",
+        help="Serve's gRPC proxy, or HAProxy in front of direct-ingress replicas",
+    )
+    serve.set_defaults(handler=_serve)
+
+    predict = commands.add_parser("predict", help="classify image files through a server")
+    predict.add_argument("images", nargs="+", help="PNG, JPEG or WebP files")
+    predict.add_argument("--target", default="127.0.0.1:9000", help="HOST:PORT of the server")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.set_defaults(handler=_predict)
+
     models = commands.add_parser("models", help="list the registered models")
     models.set_defaults(handler=_models)
     return parser
@@ -208,6 +242,80 @@ def _confusion_table(confusion: np.ndarray, names: Sequence[str], recall: np.nda
         for label, row, acc in zip(labels, confusion, recall, strict=True)
     ]
     return "\n".join(["true \\ predicted", head, *rows])
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+    from pathlib import Path
+
+    if args.ingress == "haproxy":
+        # Read by Serve's controller, which the local cluster starts with this environment.
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    import ray
+    from ray import serve
+
+    from raysight.cluster import connect
+    from raysight.serve import runner
+    from raysight.serve.settings import ServeSettings
+
+    checkpoint = (
+        args.checkpoint if "://" in args.checkpoint else str(Path(args.checkpoint).resolve())
+    )
+    settings = ServeSettings(
+        checkpoint=checkpoint,
+        model_name=args.model_name,
+        max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_ms / 1000,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = connect(metrics_port=args.metrics_port)
+    try:
+        config = runner.serve_config(
+            settings,
+            grpc_port=args.grpc_port,
+            http_port=args.http_port,
+            replicas=args.replicas,
+            num_gpus=args.num_gpus,
+        )
+        runner.deploy(config)
+        print(f"serving {checkpoint} on gRPC port {args.grpc_port} ({args.ingress} ingress)")
+        if started:
+            print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics")
+        print("Ctrl-C stops", flush=True)
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        if started:
+            ray.shutdown()
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import grpc
+
+    from raysight.client import ImageClient
+
+    with ImageClient(args.target) as client:
+        for path in args.images:
+            try:
+                result = client.classify(Path(path).read_bytes(), top_k=args.top_k)
+            except OSError as exc:
+                print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+                return 2
+            except grpc.RpcError as exc:
+                print(f"{path}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                return 1
+            labels = ", ".join(f"{x.label} ({x.score:.3f})" for x in result.labels)
+            print(f"{path}: {labels}")
+    return 0
 
 
 def _download(args: argparse.Namespace) -> int:

@@ -61,6 +61,20 @@ class Engine:
         return self.model(x).float().cpu().numpy()
 
     @torch.no_grad()
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """Raw pixels to model-ready inputs with the checkpoint's mean/std (as training did).
+
+        Args:
+            images: (B, C, H, W) uint8.
+
+        Returns:
+            (B, C, H, W) float32.
+        """
+        self._check_shape(images, "images")
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        return normalize(x, self._mean, self._std).numpy()
+
+    @torch.no_grad()
     def classify_pixels(self, images: np.ndarray) -> np.ndarray:
         """Logits of raw pixels, normalised here with the checkpoint's preprocessing.
 

@@ -1,0 +1,79 @@
+"""A small Python client for the image API (raysight.v1.ImageService)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from raysight._proto.raysight.v1 import image_service_pb2 as pb
+from raysight._proto.raysight.v1 import image_service_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class Label:
+    """One prediction: the class name, its index and its probability."""
+
+    label: str
+    class_index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The answer for one image."""
+
+    labels: tuple[Label, ...]
+    model_name: str
+    model_version: str
+    error: str = ""  # set only for a failed image in a stream
+
+
+class ImageClient:
+    """Classify encoded images (PNG, JPEG, WebP) over gRPC.
+
+    Example:
+        with ImageClient("127.0.0.1:9000") as client:
+            print(client.classify(open("cat.jpg", "rb").read()).labels[0])
+    """
+
+    def __init__(self, target: str, timeout: float = 30.0) -> None:
+        self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.ImageServiceStub(self._channel)
+        self._timeout = timeout
+
+    def classify(self, image: bytes, top_k: int = 0, model_name: str = "") -> Classification:
+        """One image; raises grpc.RpcError with the server's status on failure."""
+        reply = self._stub.Classify(
+            pb.ClassifyRequest(image=image, top_k=top_k, model_name=model_name),
+            timeout=self._timeout,
+        )
+        return _classification(reply)
+
+    def classify_many(self, images: Iterable[bytes], top_k: int = 0) -> Iterator[Classification]:
+        """Many images on one streaming call; a bad image yields a result with `error` set."""
+        requests = (
+            pb.ClassifyRequest(image=image, top_k=top_k, request_id=str(i))
+            for i, image in enumerate(images)
+        )
+        for reply in self._stub.ClassifyStream(requests, timeout=self._timeout):
+            yield _classification(reply)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ImageClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _classification(reply: pb.ClassifyResponse) -> Classification:
+    return Classification(
+        labels=tuple(Label(p.label, p.class_index, p.score) for p in reply.predictions),
+        model_name=reply.model_name,
+        model_version=reply.model_version,
+        error=reply.error,
+    )

@@ -1,0 +1,1 @@
+"""Ray Serve: the gRPC deployment that joins the codecs and the engine."""

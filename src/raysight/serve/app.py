@@ -1,0 +1,552 @@
+"""The gRPC ingress deployment: Open Inference Protocol, the image API and health checks.
+
+One deployment is the whole application, so every service routes without the `application`
+metadata header in both Serve ingress modes. Each RPC method is decode -> call -> encode;
+the dynamic batch in `_forward` is the only place images meet the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+
+from raysight import __version__
+from raysight._proto.inference import grpc_service_pb2 as pb
+from raysight._proto.inference import model_config_pb2 as mc
+from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
+from raysight.codec import oip
+from raysight.codec.image import decode_image
+from raysight.errors import InputError
+from raysight.logs import setup_logging
+from raysight.serve.errors import (
+    OK,
+    ModelNotFoundError,
+    NotReadyError,
+    OverloadedError,
+    Status,
+    status_for,
+)
+from raysight.serve.grpc_services import SERVICE_NAMES
+from raysight.serve.metrics import ServingMetrics
+from raysight.serve.model import INPUT_NAME, OUTPUTS, ServedModel, load_served_model
+from raysight.serve.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class _Item:
+    """One request's rows in a dynamic batch, tied to the model it was checked against."""
+
+    model: ServedModel
+    inputs: np.ndarray  # (B_i, C, H, W) float32, normalised
+    queued_at: float
+
+
+@serve.deployment(
+    max_ongoing_requests=64,  # Serve's default of 5 would cap every batch at 5 requests
+    ray_actor_options={"num_cpus": 1},
+    health_check_period_s=5,
+)
+class InferenceServer:
+    """Serves one checkpoint; `reconfigure` swaps it while requests keep flowing."""
+
+    def __init__(self) -> None:
+        setup_logging()
+        self._model: ServedModel | None = None
+        self._settings: ServeSettings | None = None
+        self._metrics = ServingMetrics()
+        self._stats = _Statistics()
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply new settings; load a new checkpoint beside the old one, then switch.
+
+        A checkpoint that fails to load or verify is refused: the previous model keeps
+        serving and the failure is logged and counted. On the first load there is nothing
+        to keep, so the error propagates and Serve reports the replica unhealthy.
+        """
+        settings = ServeSettings.from_dict(user_config)
+        old = self._model
+        if (
+            old is None
+            or settings.checkpoint != old.checkpoint
+            or settings.model_name != (self._settings.model_name if self._settings else "")
+        ):
+            try:
+                device = _device(settings.device)
+                new = await asyncio.to_thread(
+                    load_served_model, settings.checkpoint, settings.model_name, device
+                )
+            except Exception:
+                self._metrics.checkpoint_failures.inc(tags={"model": old.name if old else ""})
+                if old is None:
+                    raise
+                logger.exception(
+                    "refused checkpoint %s; still serving %s version %s",
+                    settings.checkpoint,
+                    old.name,
+                    old.version,
+                )
+                return
+            self._model = new
+            self._metrics.model_info.set(1, tags=self._info_tags(new))
+            if old is not None and old.version != new.version:
+                self._metrics.model_info.set(0, tags=self._info_tags(old))
+        self._settings = settings
+        # serve.batch adds these setters to the decorated method.
+        self._forward.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
+        wait = settings.batch_wait_timeout_s
+        self._forward.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _info_tags(model: ServedModel) -> dict[str, str]:
+        return {
+            "model": model.name,
+            "version": model.version,
+            "checkpoint_sha256": model.engine.manifest.weights_sha256,
+        }
+
+    def check_health(self) -> None:
+        """Serve's replica health check: a replica without a model is unhealthy."""
+        if self._model is None:
+            raise RuntimeError("no model loaded")
+
+    # ---- the batch --------------------------------------------------------------------------
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _forward(self, items: list[_Item]) -> list[dict[str, np.ndarray] | Exception]:
+        """Run queued requests as few forward passes as possible; one result per request.
+
+        Requests checked against different models (a swap landed while they queued) run
+        separately, so each gets the model whose input shape it was validated for.
+        """
+        results: list[dict[str, np.ndarray] | Exception] = [{} for _ in items]
+        for model, indices in _group_by_model(items).items():
+            started = time.perf_counter()
+            for i in indices:
+                self._metrics.queue_wait.observe(started - items[i].queued_at, tags=_tags(model))
+            batch = np.concatenate([items[i].inputs for i in indices])  # (sum B_i, C, H, W)
+            try:
+                outputs = await asyncio.to_thread(model.run, batch)
+            except Exception as exc:  # the whole pass failed: every request in it fails
+                for i in indices:
+                    results[i] = exc
+                continue
+            seconds = time.perf_counter() - started
+            self._metrics.compute.observe(seconds, tags=_tags(model))
+            self._metrics.batch_size.observe(len(batch), tags=_tags(model))
+            self._stats.record_batch(len(batch), seconds)
+            offset = 0
+            for i in indices:
+                rows = len(items[i].inputs)
+                results[i] = {k: v[offset : offset + rows] for k, v in outputs.items()}
+                offset += rows
+        return results
+
+    async def _predict(self, model: ServedModel, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            # serve.batch hands each caller its own entry: a dict, or its Exception.
+            result = await self._forward(_Item(model, inputs, time.perf_counter()))
+        except BackPressureError as exc:
+            raise OverloadedError("server overloaded; retry with backoff") from exc
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    # ---- Open Inference Protocol ------------------------------------------------------------
+
+    async def ServerLive(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:  # noqa: N802
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:  # noqa: N802
+        return pb.ServerReadyResponse(ready=self._model is not None)
+
+    async def ModelReady(  # noqa: N802
+        self, request: pb.ModelReadyRequest, grpc_context: Any = None
+    ) -> pb.ModelReadyResponse:
+        with self._rpc("ModelReady", grpc_context):
+            self._resolve(request.name, request.version)
+            return pb.ModelReadyResponse(ready=True)
+        return pb.ModelReadyResponse()
+
+    async def ServerMetadata(  # noqa: N802
+        self, request: pb.ServerMetadataRequest
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="raysight",
+            version=__version__,
+            extensions=["model_configuration", "statistics", "model_repository"],
+        )
+
+    async def ModelMetadata(  # noqa: N802
+        self, request: pb.ModelMetadataRequest, grpc_context: Any = None
+    ) -> pb.ModelMetadataResponse:
+        with self._rpc("ModelMetadata", grpc_context):
+            model = self._resolve(request.name, request.version)
+            shape = [-1, *model.input_shape]
+            return pb.ModelMetadataResponse(
+                name=model.name,
+                versions=[model.version],
+                platform="pytorch",
+                inputs=[
+                    pb.ModelMetadataResponse.TensorMetadata(
+                        name=INPUT_NAME, datatype="FP32", shape=shape
+                    )
+                ],
+                outputs=[
+                    pb.ModelMetadataResponse.TensorMetadata(
+                        name=name, datatype="FP32", shape=[-1, model.num_classes]
+                    )
+                    for name in OUTPUTS
+                ],
+            )
+        return pb.ModelMetadataResponse()
+
+    async def ModelConfig(  # noqa: N802
+        self, request: pb.ModelConfigRequest, grpc_context: Any = None
+    ) -> pb.ModelConfigResponse:
+        with self._rpc("ModelConfig", grpc_context):
+            model = self._resolve(request.name, request.version)
+            settings = self._current_settings()
+            return pb.ModelConfigResponse(
+                config=mc.ModelConfig(
+                    name=model.name,
+                    platform="pytorch",
+                    backend="raysight",
+                    max_batch_size=settings.max_batch_size,
+                    # With max_batch_size > 0, dims leave out the batch dimension.
+                    input=[
+                        mc.ModelInput(
+                            name=INPUT_NAME, data_type=mc.TYPE_FP32, dims=list(model.input_shape)
+                        )
+                    ],
+                    output=[
+                        mc.ModelOutput(name=name, data_type=mc.TYPE_FP32, dims=[model.num_classes])
+                        for name in OUTPUTS
+                    ],
+                    dynamic_batching=mc.ModelDynamicBatching(
+                        max_queue_delay_microseconds=int(settings.batch_wait_timeout_s * 1e6)
+                    ),
+                )
+            )
+        return pb.ModelConfigResponse()
+
+    async def ModelStatistics(  # noqa: N802
+        self, request: pb.ModelStatisticsRequest, grpc_context: Any = None
+    ) -> pb.ModelStatisticsResponse:
+        with self._rpc("ModelStatistics", grpc_context):
+            model = self._resolve(request.name, request.version)
+            return pb.ModelStatisticsResponse(model_stats=[self._stats.to_proto(model)])
+        return pb.ModelStatisticsResponse()
+
+    async def RepositoryIndex(  # noqa: N802
+        self, request: pb.RepositoryIndexRequest
+    ) -> pb.RepositoryIndexResponse:
+        model = self._model
+        if model is None:
+            return pb.RepositoryIndexResponse()
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=model.name, version=model.version, state="READY"
+                )
+            ]
+        )
+
+    async def ModelInfer(  # noqa: N802
+        self, request: pb.ModelInferRequest, grpc_context: Any = None
+    ) -> pb.ModelInferResponse:
+        with self._rpc("ModelInfer", grpc_context):
+            return await self._infer(request)
+        return pb.ModelInferResponse()
+
+    async def ModelStreamInfer(  # noqa: N802
+        self, requests: AsyncIterator[pb.ModelInferRequest]
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """One response per request, in order; a failing request answers with its error
+        message and the stream goes on (Triton's ModelStreamInferResponse)."""
+        async for request in requests:
+            started = time.perf_counter()
+            try:
+                response = await self._infer(request)
+            except Exception as exc:
+                status = status_for(exc, "ModelStreamInfer")
+                self._count("ModelStreamInfer", status, started, exc)
+                yield pb.ModelStreamInferResponse(error_message=status.details)
+                continue
+            self._count("ModelStreamInfer", OK, started)
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        model = self._resolve(request.model_name, request.model_version)
+        settings = self._current_settings()
+        tensors = oip.decode_inputs(request, max_batch_size=settings.max_batch_size)
+        if set(tensors) != {INPUT_NAME}:
+            raise InputError(
+                f'inputs: expected one input named "{INPUT_NAME}", got {sorted(tensors)}',
+                reason="bad_input_name",
+            )
+        inputs = self._model_ready_inputs(model, tensors[INPUT_NAME])
+        outputs = await self._predict(model, inputs)
+        response = pb.ModelInferResponse(
+            model_name=model.name, model_version=model.version, id=request.id
+        )
+        requested = [o.name for o in request.outputs]
+        oip.encode_outputs(response, outputs, requested=requested)
+        self._metrics.images.inc(len(inputs), tags={**_tags(model), "method": "ModelInfer"})
+        return response
+
+    @staticmethod
+    def _model_ready_inputs(model: ServedModel, tensor: np.ndarray) -> np.ndarray:
+        """FP32 is taken as normalised already; UINT8 pixels are normalised here."""
+        expected = model.input_shape
+        if tensor.ndim != 4 or tuple(tensor.shape[1:]) != expected:
+            raise InputError(
+                f'inputs "{INPUT_NAME}": shape must be [-1, {", ".join(map(str, expected))}], '
+                f"got {list(tensor.shape)}",
+                reason="bad_shape",
+            )
+        if tensor.dtype == np.uint8:
+            return model.engine.normalize(tensor)
+        if tensor.dtype == np.float32:
+            return np.ascontiguousarray(tensor)
+        raise InputError(
+            f'inputs "{INPUT_NAME}": datatype must be FP32 (normalised) or UINT8 (pixels), '
+            f"got {oip.from_numpy_dtype(tensor.dtype)}",
+            reason="bad_datatype",
+        )
+
+    # ---- image API ------------------------------------------------------------------------
+
+    async def Classify(  # noqa: N802
+        self, request: image_pb.ClassifyRequest, grpc_context: Any = None
+    ) -> image_pb.ClassifyResponse:
+        with self._rpc("Classify", grpc_context):
+            return await self._classify(request)
+        return image_pb.ClassifyResponse(request_id=request.request_id)
+
+    async def ClassifyStream(  # noqa: N802
+        self, requests: AsyncIterator[image_pb.ClassifyRequest]
+    ) -> AsyncIterator[image_pb.ClassifyResponse]:
+        """One response per image, in order; a bad image gets `error` and the stream goes on."""
+        async for request in requests:
+            started = time.perf_counter()
+            try:
+                response = await self._classify(request)
+            except Exception as exc:
+                status = status_for(exc, "ClassifyStream")
+                self._count("ClassifyStream", status, started, exc)
+                yield image_pb.ClassifyResponse(request_id=request.request_id, error=status.details)
+                continue
+            self._count("ClassifyStream", OK, started)
+            yield response
+
+    async def _classify(self, request: image_pb.ClassifyRequest) -> image_pb.ClassifyResponse:
+        model = self._resolve(request.model_name, "")
+        settings = self._current_settings()
+        channels, height, width = model.input_shape
+        pixels = decode_image(
+            request.image, size=(height, width), channels=channels, limits=settings.image_limits
+        )  # (C, H, W) uint8
+        inputs = model.engine.normalize(pixels[None])  # (1, C, H, W) float32
+        probabilities = (await self._predict(model, inputs))["probabilities"][0]  # (K,)
+        if request.top_k < 0:
+            raise InputError(f"top_k must be >= 0, got {request.top_k}", reason="bad_top_k")
+        k = min(request.top_k or settings.top_k, model.num_classes)
+        best = np.argsort(-probabilities, kind="stable")[:k]
+        self._metrics.images.inc(1, tags={**_tags(model), "method": "Classify"})
+        return image_pb.ClassifyResponse(
+            predictions=[
+                image_pb.Prediction(
+                    label=model.engine.class_names[i],
+                    class_index=int(i),
+                    score=float(probabilities[i]),
+                )
+                for i in best
+            ],
+            model_name=model.name,
+            model_version=model.version,
+            request_id=request.request_id,
+        )
+
+    # ---- health -----------------------------------------------------------------------------
+
+    async def Check(  # noqa: N802
+        self, request: health_pb2.HealthCheckRequest, grpc_context: Any = None
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._health(request.service)
+        if status is None:
+            _set_status(
+                grpc_context,
+                Status(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}"),
+            )
+            return health_pb2.HealthCheckResponse()
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(  # noqa: N802
+        self, request: health_pb2.HealthCheckRequest
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        """Send the status now and again whenever it changes, until the client hangs up."""
+        last = None
+        while True:
+            status = self._health(request.service)
+            current = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN if status is None else status
+            if current != last:
+                yield health_pb2.HealthCheckResponse(status=current)
+                last = current
+            await asyncio.sleep(1.0)
+
+    def _health(self, service: str) -> int | None:
+        if service and service not in SERVICE_NAMES:
+            return None
+        return _SERVING if self._model is not None else _NOT_SERVING
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _resolve(self, name: str, version: str) -> ServedModel:
+        model = self._model
+        if model is None:
+            raise NotReadyError("model is loading; retry shortly")
+        if name and name != model.name:
+            raise ModelNotFoundError(f"unknown model {name!r}; this server serves {model.name!r}")
+        if version and version != model.version:
+            raise ModelNotFoundError(
+                f"unknown version {version!r} of {model.name!r}; serving {model.version!r}"
+            )
+        return model
+
+    def _current_settings(self) -> ServeSettings:
+        if self._settings is None:
+            raise NotReadyError("model is loading; retry shortly")
+        return self._settings
+
+    @contextmanager
+    def _rpc(self, method: str, grpc_context: Any) -> Iterator[None]:
+        """The error boundary of a unary RPC: count it, and turn any exception into a status.
+
+        On an exception the `with` body's return is skipped, so the caller's next line
+        returns an empty message and the client sees the status set here.
+        """
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            status = status_for(exc, method)
+            self._count(method, status, started, exc)
+            _set_status(grpc_context, status)
+            return
+        self._count(method, OK, started)
+
+    def _count(
+        self, method: str, status: Status, started: float, error: Exception | None = None
+    ) -> None:
+        model = self._model
+        tags = {
+            "model": model.name if model else "",
+            "version": model.version if model else "",
+            "method": method,
+            "code": status.label,
+        }
+        self._metrics.requests.inc(tags=tags)
+        self._metrics.latency.observe(time.perf_counter() - started, tags=tags)
+        if isinstance(error, InputError):
+            self._metrics.rejected.inc(tags={"model": tags["model"], "reason": error.reason})
+        if method in ("ModelInfer", "ModelStreamInfer"):
+            self._stats.record_request(status is OK, time.perf_counter() - started)
+
+
+def _tags(model: ServedModel) -> dict[str, str]:
+    return {"model": model.name, "version": model.version}
+
+
+def _group_by_model(items: list[_Item]) -> dict[ServedModel, list[int]]:
+    groups: dict[ServedModel, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.model, []).append(i)
+    return groups
+
+
+def _set_status(grpc_context: Any, status: Status) -> None:
+    if grpc_context is not None:
+        grpc_context.set_code(status.code)
+        grpc_context.set_details(status.details)
+
+
+def _device(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _Statistics:
+    """Triton-style cumulative statistics of this replica (ModelStatistics)."""
+
+    def __init__(self) -> None:
+        self.success_count = 0
+        self.success_ns = 0
+        self.fail_count = 0
+        self.fail_ns = 0
+        self.inference_count = 0  # images
+        self.execution_count = 0  # forward passes
+        self.compute_ns = 0
+        self.last_inference_ms = 0
+
+    def record_request(self, ok: bool, seconds: float) -> None:
+        if ok:
+            self.success_count += 1
+            self.success_ns += int(seconds * 1e9)
+        else:
+            self.fail_count += 1
+            self.fail_ns += int(seconds * 1e9)
+        self.last_inference_ms = int(time.time() * 1000)
+
+    def record_batch(self, images: int, seconds: float) -> None:
+        self.inference_count += images
+        self.execution_count += 1
+        self.compute_ns += int(seconds * 1e9)
+
+    def to_proto(self, model: ServedModel) -> pb.ModelStatistics:
+        return pb.ModelStatistics(
+            name=model.name,
+            version=model.version,
+            last_inference=self.last_inference_ms,
+            inference_count=self.inference_count,
+            execution_count=self.execution_count,
+            inference_stats=pb.InferStatistics(
+                success=pb.StatisticDuration(count=self.success_count, ns=self.success_ns),
+                fail=pb.StatisticDuration(count=self.fail_count, ns=self.fail_ns),
+                compute_infer=pb.StatisticDuration(count=self.execution_count, ns=self.compute_ns),
+            ),
+        )
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Entry for `serve run` / `serve deploy` / RayService (import_path
+    raysight.serve.app:app_builder).
+
+    The settings belong in the deployment's `user_config` (see services/serve.yaml), which a
+    config update changes in place. `args`, if given, are ServeSettings fields used as the
+    user_config when the config file sets none (handy for `serve run ... checkpoint=DIR`).
+    """
+    if not args:
+        return InferenceServer.bind()  # type: ignore[attr-defined]
+    settings = ServeSettings.from_dict(dict(args))
+    return InferenceServer.options(user_config=settings.to_dict()).bind()  # type: ignore[attr-defined]

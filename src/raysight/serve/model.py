@@ -1,0 +1,101 @@
+"""The served model: a loaded checkpoint, its identity, and the OIP view of its tensors."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs
+
+from raysight.checkpoint import load_checkpoint
+from raysight.data.fs import resolve
+from raysight.engine import Engine
+from raysight.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+"""The one OIP input: [-1, C, H, W], FP32 already normalised or UINT8 raw pixels."""
+OUTPUTS = ("logits", "probabilities")
+"""OIP outputs, each [-1, K] FP32."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A checkpoint loaded on a device, with the names clients address it by."""
+
+    engine: Engine
+    name: str
+    version: str  # the first 12 hex digits of the weights' sha256: changes with every swap
+    checkpoint: str
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        channels, height, width = self.engine.manifest.input_shape
+        return channels, height, width
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.engine.class_names)
+
+    def run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Forward a normalised (B, C, H, W) float32 batch; (B, K) logits and probabilities."""
+        logits = self.engine.logits(inputs)
+        return {"logits": logits, "probabilities": softmax(logits)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (B, K) logits, stable for large values."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def load_served_model(checkpoint: str, name: str, device: str) -> ServedModel:
+    """Load and verify `checkpoint` (a directory or an s3:// / gs:// URI).
+
+    Raises:
+        CheckpointError: missing, tampered, truncated or of an unknown format.
+    """
+    if "://" in checkpoint:
+        engine = _load_remote(checkpoint, device)
+    else:
+        engine = Engine(load_checkpoint(checkpoint), device)
+    manifest = engine.manifest
+    served = ServedModel(
+        engine=engine,
+        name=name or f"{manifest.model}-{manifest.dataset}",
+        version=manifest.weights_sha256[:12],
+        checkpoint=checkpoint,
+    )
+    logger.info(
+        "serving %s version %s from %s on %s",
+        served.name,
+        served.version,
+        checkpoint,
+        engine.device,
+    )
+    return served
+
+
+def _load_remote(uri: str, device: str) -> Engine:
+    """Copy an object-store checkpoint to local disk, then load it (hashes are checked there)."""
+    try:
+        filesystem, path = resolve(uri)
+    except Exception as exc:  # a malformed URI or missing credentials
+        raise CheckpointError(f"cannot open checkpoint {uri}: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="raysight-ckpt-") as tmp:
+        local = Path(tmp) / "checkpoint"
+        try:
+            pyarrow.fs.copy_files(
+                path,
+                str(local),
+                source_filesystem=filesystem,
+                destination_filesystem=pyarrow.fs.LocalFileSystem(),
+            )
+        except OSError as exc:
+            raise CheckpointError(f"cannot copy checkpoint {uri}: {exc}") from exc
+        return Engine(load_checkpoint(local), device)

@@ -1,0 +1,56 @@
+"""Helpers for the serving tests: small real checkpoints and a served application."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from raysight.checkpoint import Manifest, Preprocessing, save_checkpoint
+from raysight.data import load_arrays
+from raysight.data.transforms import channel_stats
+from raysight.models import build_model, resolve_kwargs
+from raysight.train.feeds import ArrayFeed
+from raysight.train.step import Preparation, Stepper, build_optimizer
+
+
+def digits_checkpoint(directory: Path, seed: int, epochs: int = 4) -> Path:
+    """Fit the convnet on the 8x8 digits for a few epochs (seconds) and save a checkpoint."""
+    torch.manual_seed(seed)
+    train = load_arrays("digits", None, "train")
+    mean, std = channel_stats(train.images)
+    kwargs = resolve_kwargs(
+        "convnet", in_channels=1, num_classes=10, image_size=(8, 8), padding="same"
+    )
+    model = build_model("convnet", **kwargs)
+    optimizer = build_optimizer(model, "adamw", 3e-3, 5e-4, 0.9)
+    prep = Preparation(mean, std, crop_padding=0, flip=False, channels_last=False)
+    stepper = Stepper(model, optimizer, torch.device("cpu"), prep, seed=seed)
+    feed = ArrayFeed(
+        train.images, train.labels, rank=0, world=1, batch_size=64, train=True, seed=seed
+    )
+    for epoch in range(epochs):
+        stepper.train_epoch(feed.epoch(epoch), lambda _: 3e-3, 0)
+    manifest = Manifest.new(
+        model="convnet",
+        model_kwargs=kwargs,
+        input_shape=(1, 8, 8),
+        preprocessing=Preprocessing(mean=mean, std=std),
+        class_names=train.class_names,
+        dataset="digits",
+        metrics={},
+        train_config={"seed": seed},
+        epoch=epochs,
+    )
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return save_checkpoint(directory, state_dict=state, manifest=manifest)
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """(H, W) or (H, W, 3) uint8 as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
