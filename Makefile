@@ -41,12 +41,17 @@ proto: venv
 
 bench: venv
 	$(BIN)/python bench/train_throughput.py
+	test -f runs/digits/manifest.json || \
+	  $(BIN)/raysight train --config services/digits.yaml --epochs 5 --output runs/digits
+	$(BIN)/python bench/serve_throughput.py --checkpoint runs/digits
 
 # The main job on the embedded default data (scikit-learn's 8x8 digits): train with Ray
-# Train on 2 workers, then evaluate the checkpoint on the test split.
+# Train on 2 workers, evaluate, then serve the checkpoint with Ray Serve over gRPC, classify
+# sample images through the gRPC API and keep serving until Ctrl-C.
 run: venv
 	$(BIN)/raysight train --config services/digits.yaml --output runs/digits
 	$(BIN)/raysight evaluate --checkpoint runs/digits --dataset digits
+	$(BIN)/raysight serve --checkpoint runs/digits --demo 5
 
 # Regenerate the pins from the current venv (after changing dependencies on purpose).
 constraints: venv

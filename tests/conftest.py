@@ -18,6 +18,13 @@ MNIST_DIR = SHARED / "datasets" / "mnist"
 os.environ.setdefault("RAY_worker_niceness", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a test never reports usage anywhere
 
+# Serve's ingress for this session: "proxy" (the classic gRPC proxy) or "haproxy" (HAProxy in
+# front of direct-ingress replicas). One Ray cluster has one mode, so the serving suite runs
+# again under the other mode in a subprocess (tests/integration/test_serve_ingress_modes.py).
+INGRESS = os.environ.get("RAYSIGHT_TEST_INGRESS", "haproxy")
+if INGRESS == "haproxy":
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+
 
 def free_port() -> int:
     """An unused TCP port on the loopback interface."""
