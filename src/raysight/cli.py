@@ -279,7 +279,10 @@ def _serve(args: argparse.Namespace) -> int:
         batch_wait_timeout_s=args.batch_wait_ms / 1000,
     )
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Both stop serving (Kubernetes sends SIGTERM); handled here rather than relying on the
+    # inherited disposition, which a shell leaves at "ignore" for background jobs.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     started = connect(metrics_port=args.metrics_port)
     try:
         config = runner.serve_config(
@@ -298,12 +301,14 @@ def _serve(args: argparse.Namespace) -> int:
         print("Ctrl-C stops", flush=True)
         while not stop.wait(1.0):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        serve.shutdown()
         if started:
+            # Our own cluster: stopping it takes Serve, its replicas and HAProxy with it. (A
+            # terminal's Ctrl-C also reaches Ray's processes, so serve.shutdown() could wait
+            # forever on a controller that is already gone.)
             ray.shutdown()
+        else:
+            serve.delete(runner.APP_NAME)  # someone else's cluster: remove only our app
     return 0
 
 

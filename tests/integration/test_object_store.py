@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +72,26 @@ def test_image_folder_on_s3(bucket: str) -> None:
     assert split.images.shape == (6, 3, 16, 16)
     # Dark images are the cats, bright ones the dogs.
     assert set(split.labels[split.images.mean(axis=(1, 2, 3)) < 128]) == {0}
+
+
+def test_serving_loads_a_checkpoint_from_s3(bucket: str, tmp_path: Path) -> None:
+    from raysight.serve.model import load_served_model
+    from tests.integration.serving import digits_checkpoint
+
+    local = digits_checkpoint(tmp_path / "ckpt", seed=0, epochs=1)
+    for file in local.iterdir():
+        _put(bucket, f"models/digits/{file.name}", file.read_bytes())
+
+    served = load_served_model(f"s3://{bucket}/models/digits", "", "cpu")
+    assert served.name == "convnet-digits"
+    assert served.input_shape == (1, 8, 8)
+    pixels = np.zeros((2, 1, 8, 8), np.uint8)
+    assert served.run(served.engine.normalize(pixels))["probabilities"].shape == (2, 10)
+
+
+def test_a_missing_s3_checkpoint_is_a_checkpoint_error(bucket: str) -> None:
+    from raysight.errors import CheckpointError
+    from raysight.serve.model import load_served_model
+
+    with pytest.raises(CheckpointError, match="nowhere"):
+        load_served_model(f"s3://{bucket}/nowhere", "", "cpu")

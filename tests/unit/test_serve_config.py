@@ -12,7 +12,6 @@ from raysight.serve.errors import (
     INTERNAL_MESSAGE,
     ModelNotFoundError,
     NotReadyError,
-    OverloadedError,
     status_for,
 )
 from raysight.serve.grpc_services import GRPC_SERVICER_FUNCTIONS
@@ -67,7 +66,6 @@ def test_bad_settings_name_the_field(values: dict, message: str) -> None:
         (ModelNotFoundError("unknown model"), grpc.StatusCode.NOT_FOUND),
         (NotReadyError("loading"), grpc.StatusCode.UNAVAILABLE),
         (CheckpointError("hash mismatch"), grpc.StatusCode.UNAVAILABLE),
-        (OverloadedError("busy"), grpc.StatusCode.RESOURCE_EXHAUSTED),
     ],
 )
 def test_error_table(error: Exception, code: grpc.StatusCode) -> None:

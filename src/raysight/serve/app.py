@@ -19,7 +19,6 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 
 from raysight import __version__
 from raysight._proto.inference import grpc_service_pb2 as pb
@@ -33,7 +32,6 @@ from raysight.serve.errors import (
     OK,
     ModelNotFoundError,
     NotReadyError,
-    OverloadedError,
     Status,
     status_for,
 )
@@ -160,11 +158,8 @@ class InferenceServer:
         return results
 
     async def _predict(self, model: ServedModel, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        try:
-            # serve.batch hands each caller its own entry: a dict, or its Exception.
-            result = await self._forward(_Item(model, inputs, time.perf_counter()))
-        except BackPressureError as exc:
-            raise OverloadedError("server overloaded; retry with backoff") from exc
+        # serve.batch hands each caller its own entry: a dict, or its Exception.
+        result = await self._forward(_Item(model, inputs, time.perf_counter()))
         if isinstance(result, Exception):
             raise result
         return result

@@ -1,5 +1,8 @@
 """The one table from domain errors to gRPC status codes.
 
+Overload never reaches this table: when a deployment's queue is full (max_queued_requests)
+Serve itself answers RESOURCE_EXHAUSTED, in both ingress modes, before a replica runs code.
+
 Under Ray Serve an exception escaping a replica reaches the client as INTERNAL with a
 traceback in the details, file paths included. Every RPC method therefore catches at its
 boundary and sets the code itself; anything unexpected becomes INTERNAL with a generic
@@ -26,16 +29,11 @@ class NotReadyError(RaysightError):
     """The model is not loaded (yet, or any more)."""
 
 
-class OverloadedError(RaysightError):
-    """Too many requests are queued; the client should back off and retry."""
-
-
 _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InputError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
     (CheckpointError, grpc.StatusCode.UNAVAILABLE),
-    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"

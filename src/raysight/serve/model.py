@@ -89,6 +89,7 @@ def _load_remote(uri: str, device: str) -> Engine:
         raise CheckpointError(f"cannot open checkpoint {uri}: {exc}") from exc
     with tempfile.TemporaryDirectory(prefix="raysight-ckpt-") as tmp:
         local = Path(tmp) / "checkpoint"
+        local.mkdir()
         try:
             pyarrow.fs.copy_files(
                 path,
@@ -98,4 +99,6 @@ def _load_remote(uri: str, device: str) -> Engine:
             )
         except OSError as exc:
             raise CheckpointError(f"cannot copy checkpoint {uri}: {exc}") from exc
+        if not any(local.iterdir()):
+            raise CheckpointError(f"checkpoint {uri}: no such checkpoint (nothing at that URI)")
         return Engine(load_checkpoint(local), device)

@@ -41,6 +41,7 @@ def serve_config(
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
     max_ongoing_requests: int = 64,
+    max_queued_requests: int = 256,
     autoscaling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Serve config document (as in services/serve.yaml and a RayService's serveConfigV2).
@@ -52,11 +53,14 @@ def serve_config(
         replicas: a fixed replica count, unless `autoscaling` is given.
         num_cpus, num_gpus: per replica; a fractional GPU shares a card.
         max_ongoing_requests: per replica; must exceed the batch size for batches to fill.
+        max_queued_requests: waiting requests beyond which Serve answers RESOURCE_EXHAUSTED
+            (clients back off) instead of letting latency grow without bound.
         autoscaling: a Serve autoscaling_config (min_replicas, max_replicas, ...).
     """
     deployment: dict[str, Any] = {
         "name": DEPLOYMENT,
         "max_ongoing_requests": max_ongoing_requests,
+        "max_queued_requests": max_queued_requests,
         "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
         "user_config": settings.to_dict(),
     }
