@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def scrape_metrics(port: int, ready: Callable[[str], bool], timeout: float = 60.0) -> str:
+    """Ray's Prometheus text from 127.0.0.1:`port`, once `ready(text)` holds or `timeout`
+    passes (Ray exports application metrics every few seconds, so they lag)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        if ready(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(2)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from raysight.data import load_arrays
 from raysight.engine import Engine
 from raysight.serve import runner
 from raysight.serve.settings import ServeSettings
-from tests.conftest import RayCluster, free_port
+from tests.conftest import RayCluster, free_port, scrape_metrics
 from tests.integration.serving import digits_checkpoint, png
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -44,12 +43,16 @@ class Served:
         self.engine = Engine.from_directory(checkpoints[0])
         self.version = self.engine.manifest.weights_sha256[:12]
 
-    def swap(self, checkpoint: Path) -> None:
-        """Apply a new checkpoint through the Serve config, as a RayService update does."""
+    def swap(self, checkpoint: Path, **deployment: int) -> None:
+        """Apply a checkpoint (and deployment options) through the Serve config, as a
+        RayService update does."""
         settings = ServeSettings.from_dict(
             {**self.settings.to_dict(), "checkpoint": str(checkpoint)}
         )
-        runner.deploy(runner.serve_config(settings, grpc_port=self.port, http_port=self.http_port))
+        config = runner.serve_config(
+            settings, grpc_port=self.port, http_port=self.http_port, **deployment
+        )
+        runner.deploy(config)
 
     def triton(self) -> triton.InferenceServerClient:
         return triton.InferenceServerClient(url=self.target)
@@ -340,7 +343,6 @@ def test_metrics_endpoint_shows_serving_counters(served: Served, ray_cluster: Ra
     client = served.triton()
     for _ in range(3):
         _infer(client, images)
-    url = f"http://127.0.0.1:{ray_cluster.metrics_port}/metrics"
     wanted = (
         "ray_raysight_requests_total{",
         "ray_raysight_request_duration_seconds_bucket{",
@@ -350,14 +352,7 @@ def test_metrics_endpoint_shows_serving_counters(served: Served, ray_cluster: Ra
         "ray_raysight_compute_seconds_bucket{",
         "ray_raysight_model_info{",
     )
-    deadline = time.monotonic() + 60
-    text = ""
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            text = reply.read().decode()
-        if all(w in text for w in wanted):
-            break
-        time.sleep(2)
+    text = scrape_metrics(ray_cluster.metrics_port, lambda t: all(w in t for w in wanted))
     for name in wanted:
         assert name in text, name
     ok = [
@@ -370,3 +365,32 @@ def test_metrics_endpoint_shows_serving_counters(served: Served, ray_cluster: Ra
     assert ok
     assert float(ok[0].rsplit(" ", 1)[1]) >= 3
     assert "ray_serve_" in text  # Ray Serve's own metrics stay available
+
+
+def test_overload_is_resource_exhausted_and_passes(served: Served) -> None:
+    """With room for one running and one queued request, a burst of 24 concurrent calls must
+    get OK or RESOURCE_EXHAUSTED (clients back off and retry), nothing else."""
+    served.swap(served.checkpoints[0], max_ongoing_requests=1, max_queued_requests=1)
+    images, _ = _test_images(16)
+    codes: list[str] = []
+
+    def call() -> None:
+        stub = image_grpc.ImageServiceStub(served.channel())
+        try:
+            stub.Classify(image_pb.ClassifyRequest(image=png(images[0][0])), timeout=60)
+            codes.append("OK")
+        except grpc.RpcError as exc:
+            codes.append(exc.code().name)
+
+    try:
+        burst = [threading.Thread(target=call) for _ in range(24)]
+        for thread in burst:
+            thread.start()
+        for thread in burst:
+            thread.join()
+    finally:
+        served.swap(served.checkpoints[0])
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert "OK" in codes
+    assert "RESOURCE_EXHAUSTED" in codes
+    assert _infer(served.triton(), images[:2])["logits"].shape == (2, 10)

@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from raysight.config import TrainConfig
 from raysight.engine import Engine
 from raysight.evaluate import dataset_batches, evaluate
 from raysight.train.trainer import train
-from tests.conftest import RayCluster
+from tests.conftest import RayCluster, scrape_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -71,21 +70,16 @@ def test_training_metrics_reach_rays_prometheus_endpoint(
         run_name="metrics-run",
     )
     train(cfg, progress=False)
-    url = f"http://127.0.0.1:{ray_cluster.metrics_port}/metrics"
     wanted = (
         "ray_raysight_train_samples_per_second",
         "ray_raysight_train_epochs_total",
         "ray_raysight_train_accuracy",
         "ray_raysight_train_loss",
     )
-    deadline = time.monotonic() + 60
-    text = ""
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            text = reply.read().decode()
-        if all(f"{w}{{" in text and 'run="metrics-run"' in text for w in wanted):
-            break
-        time.sleep(2)
+    text = scrape_metrics(
+        ray_cluster.metrics_port,
+        lambda t: all(f"{w}{{" in t for w in wanted) and 'run="metrics-run"' in t,
+    )
     lines = [line for line in text.splitlines() if 'run="metrics-run"' in line]
     for name in wanted:
         assert any(line.startswith(name + "{") for line in lines), name

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -276,17 +276,15 @@ class InferenceServer:
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """One response per request, in order; a failing request answers with its error
         message and the stream goes on (Triton's ModelStreamInferResponse)."""
-        async for request in requests:
-            started = time.perf_counter()
-            try:
-                response = await self._infer(request)
-            except Exception as exc:
-                status = status_for(exc, "ModelStreamInfer")
-                self._count("ModelStreamInfer", status, started, exc)
-                yield pb.ModelStreamInferResponse(error_message=status.details)
-                continue
-            self._count("ModelStreamInfer", OK, started)
-            yield pb.ModelStreamInferResponse(infer_response=response)
+
+        async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+
+        def failed(request: pb.ModelInferRequest, status: Status) -> pb.ModelStreamInferResponse:
+            return pb.ModelStreamInferResponse(error_message=status.details)
+
+        async for response in self._each("ModelStreamInfer", requests, answer, failed):
+            yield response
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self._resolve(request.model_name, request.model_version)
@@ -340,16 +338,11 @@ class InferenceServer:
         self, requests: AsyncIterator[image_pb.ClassifyRequest]
     ) -> AsyncIterator[image_pb.ClassifyResponse]:
         """One response per image, in order; a bad image gets `error` and the stream goes on."""
-        async for request in requests:
-            started = time.perf_counter()
-            try:
-                response = await self._classify(request)
-            except Exception as exc:
-                status = status_for(exc, "ClassifyStream")
-                self._count("ClassifyStream", status, started, exc)
-                yield image_pb.ClassifyResponse(request_id=request.request_id, error=status.details)
-                continue
-            self._count("ClassifyStream", OK, started)
+
+        def failed(request: image_pb.ClassifyRequest, status: Status) -> image_pb.ClassifyResponse:
+            return image_pb.ClassifyResponse(request_id=request.request_id, error=status.details)
+
+        async for response in self._each("ClassifyStream", requests, self._classify, failed):
             yield response
 
     async def _classify(self, request: image_pb.ClassifyRequest) -> image_pb.ClassifyResponse:
@@ -430,6 +423,27 @@ class InferenceServer:
         if self._settings is None:
             raise NotReadyError("model is loading; retry shortly")
         return self._settings
+
+    async def _each(
+        self,
+        method: str,
+        requests: AsyncIterator[Any],
+        answer: Callable[[Any], Awaitable[Any]],
+        failed: Callable[[Any, Status], Any],
+    ) -> AsyncIterator[Any]:
+        """The error boundary of a bidirectional stream: each request is counted and answered
+        on its own, and a failure becomes an in-band error instead of ending the stream."""
+        async for request in requests:
+            started = time.perf_counter()
+            try:
+                response = await answer(request)
+            except Exception as exc:
+                status = status_for(exc, method)
+                self._count(method, status, started, exc)
+                yield failed(request, status)
+                continue
+            self._count(method, OK, started)
+            yield response
 
     @contextmanager
     def _rpc(self, method: str, grpc_context: Any) -> Iterator[None]:
