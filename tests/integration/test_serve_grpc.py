@@ -351,6 +351,8 @@ def test_metrics_endpoint_shows_serving_counters(served: Served, ray_cluster: Ra
         "ray_raysight_queue_wait_seconds_bucket{",
         "ray_raysight_compute_seconds_bucket{",
         "ray_raysight_model_info{",
+        # Earlier tests in this module sent undecodable images.
+        "ray_raysight_rejected_inputs_total{",
     )
     text = scrape_metrics(ray_cluster.metrics_port, lambda t: all(w in t for w in wanted))
     for name in wanted:
@@ -365,6 +367,10 @@ def test_metrics_endpoint_shows_serving_counters(served: Served, ray_cluster: Ra
     assert ok
     assert float(ok[0].rsplit(" ", 1)[1]) >= 3
     assert "ray_serve_" in text  # Ray Serve's own metrics stay available
+    rejected = [
+        line for line in text.splitlines() if line.startswith("ray_raysight_rejected_inputs_total{")
+    ]
+    assert any('reason="not_an_image"' in line for line in rejected), rejected
 
 
 def test_overload_is_resource_exhausted_and_passes(served: Served) -> None:

@@ -156,3 +156,17 @@ def test_codecs_import_neither_torch_nor_ray_nor_grpc() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("data", "limits", "reason"),
+    [
+        (b"", ImageLimits(), "empty_image"),
+        (b"x" * 100, ImageLimits(max_bytes=10), "image_too_large"),
+        (b"not an image at all", ImageLimits(), "not_an_image"),
+    ],
+)
+def test_errors_carry_a_metrics_reason(data: bytes, limits: ImageLimits, reason: str) -> None:
+    with pytest.raises(InputError) as error:
+        decode_image(data, size=(8, 8), channels=1, limits=limits)
+    assert error.value.reason == reason

@@ -84,10 +84,13 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
         # Pillow refuses sizes over twice its own limit while reading the header, before our
         # size check can run; the image is far over ours too.
         raise InputError(
-            f"image: too many pixels; the limit is {limits.max_pixels} (width × height)"
+            f"image: too many pixels; the limit is {limits.max_pixels} (width × height)",
+            reason="image_too_many_pixels",
         ) from exc
     except _DECODE_ERRORS as exc:
-        raise InputError(f"image: not a {_describe(limits.formats)} image") from exc
+        raise InputError(
+            f"image: not a {_describe(limits.formats)} image", reason="not_an_image"
+        ) from exc
 
 
 def _check_header(image: Image.Image, limits: ImageLimits) -> None:
@@ -95,13 +98,15 @@ def _check_header(image: Image.Image, limits: ImageLimits) -> None:
     if fmt not in limits.formats:
         raise InputError(
             f"image: {_DISPLAY_NAMES.get(fmt, fmt)} is not accepted; "
-            f"send a {_describe(limits.formats)} image"
+            f"send a {_describe(limits.formats)} image",
+            reason="image_format",
         )
     width, height = image.size
     if width * height > limits.max_pixels:
         raise InputError(
             f"image: {width}x{height} is {width * height} pixels, "
-            f"over the limit of {limits.max_pixels}"
+            f"over the limit of {limits.max_pixels}",
+            reason="image_too_many_pixels",
         )
 
 
@@ -135,9 +140,12 @@ def decode_image(
     """
     imaging.check_geometry(size, channels)
     if not data:
-        raise InputError("image: empty; send the encoded image file")
+        raise InputError("image: empty; send the encoded image file", reason="empty_image")
     if len(data) > limits.max_bytes:
-        raise InputError(f"image: {len(data)} bytes, over the limit of {limits.max_bytes} bytes")
+        raise InputError(
+            f"image: {len(data)} bytes, over the limit of {limits.max_bytes} bytes",
+            reason="image_too_large",
+        )
     with _open(data, limits) as image:
         _check_header(image, limits)
         try:
@@ -145,4 +153,6 @@ def decode_image(
             return imaging.to_pixels(image, size, channels)
         except _DECODE_ERRORS as exc:
             logger.debug("image decode failed: %s", exc)
-            raise InputError("image: truncated or corrupt; send the complete file") from exc
+            raise InputError(
+                "image: truncated or corrupt; send the complete file", reason="corrupt_image"
+            ) from exc

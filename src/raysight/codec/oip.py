@@ -171,7 +171,8 @@ def _check_batches(
         if shape[0] > max_batch_size:
             raise InputError(
                 f"{where}: batch size {shape[0]} exceeds the maximum of {max_batch_size}; "
-                "split the request"
+                "split the request",
+                reason="batch_too_large",
             )
         if shape[0] != shapes[0][0]:
             raise InputError(
