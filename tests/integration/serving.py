@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from raysight.checkpoint import Manifest, Preprocessing, save_checkpoint
@@ -54,3 +58,19 @@ def png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def wait_serving(target: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Poll gRPC health on `target` until SERVING, failing if `process` exits first."""
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "serve run exited early"
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{target} never reported SERVING")

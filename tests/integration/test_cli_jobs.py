@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from raysight.checkpoint import verify_checkpoint
-from tests.conftest import REPO, RayCluster
+from raysight.data import load_arrays
+from tests.conftest import REPO, RayCluster, free_port
+from tests.integration.serving import digits_checkpoint, png, wait_serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -120,3 +123,60 @@ def test_ray_job_submit_runs_the_training_entrypoint(
     result_lines = [line for line in submit.stdout.splitlines() if "test_accuracy" in line]
     assert result_lines, submit.stdout[-3000:]
     assert verify_checkpoint(out).train_config["workers"] == 1
+
+
+def test_serve_and_predict_commands_then_ctrl_c(tmp_path: Path) -> None:
+    checkpoint = digits_checkpoint(tmp_path / "ckpt", seed=0, epochs=2)
+    image = tmp_path / "digit.png"
+    image.write_bytes(png(load_arrays("digits", None, "test").images[0][0]))
+    grpc_port, metrics_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    server = subprocess.Popen(
+        [
+            str(BIN / "raysight"),
+            "serve",
+            "--checkpoint",
+            str(checkpoint),
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # Ctrl-C below goes to its whole group, as a terminal's does
+    )
+    try:
+        wait_serving(f"127.0.0.1:{grpc_port}", server)
+        predict = _run(
+            [str(BIN / "raysight"), "predict", str(image), "--target", f"127.0.0.1:{grpc_port}"],
+            dict(os.environ),
+        )
+        assert predict.returncode == 0, predict.stderr
+        assert predict.stdout.startswith(f"{image}: ")
+        refused = _run(
+            [
+                str(BIN / "raysight"),
+                "predict",
+                str(REPO / "README.md"),
+                "--target",
+                f"127.0.0.1:{grpc_port}",
+            ],
+            dict(os.environ),
+        )
+        assert refused.returncode == 1
+        assert "INVALID_ARGUMENT" in refused.stderr
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            out, _ = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            raise
+    assert server.returncode == 0
+    assert f"gRPC port {grpc_port}" in out

@@ -6,36 +6,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raysight.client import ImageClient
 from raysight.data import load_arrays
 from tests.conftest import REPO, free_port
-from tests.integration.serving import digits_checkpoint, png
+from tests.integration.serving import digits_checkpoint, png, wait_serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _wait_serving(target: str, process: subprocess.Popen, timeout: float = 180) -> None:
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(target))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "serve run exited early"
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"{target} never reported SERVING")
 
 
 def test_serve_run_with_the_repository_config(tmp_path: Path) -> None:
@@ -59,13 +41,13 @@ def test_serve_run_with_the_repository_config(tmp_path: Path) -> None:
         start_new_session=True,  # its own process group, stopped as a whole below
     )
     try:
-        _wait_serving(f"127.0.0.1:{grpc_port}", process)
+        wait_serving(f"127.0.0.1:{grpc_port}", process)
         with ImageClient(f"127.0.0.1:{grpc_port}") as client:
             result = client.classify(png(_first_test_digit()), top_k=2)
         assert result.model_name == "convnet-digits"
         assert len(result.labels) == 2
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C: serve run then shuts Serve down
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
