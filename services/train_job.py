@@ -14,10 +14,9 @@ import logging
 import sys
 from typing import Any
 
-import yaml
-
 from raysight.cluster import connect
-from raysight.config import TrainConfig
+from raysight.config import TrainConfig, parse_assignment
+from raysight.errors import ConfigError
 from raysight.logs import setup_logging
 from raysight.train.trainer import train
 
@@ -25,10 +24,10 @@ logger = logging.getLogger("raysight.train_job")
 
 
 def _override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.replace("-", "_"), yaml.safe_load(value)
+    try:
+        return parse_assignment(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def main() -> int:

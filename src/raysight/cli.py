@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
-import yaml
 
-from raysight.config import TrainConfig
-from raysight.errors import RaysightError
+from raysight.config import TrainConfig, parse_assignment
+from raysight.errors import ConfigError, RaysightError
 from raysight.logs import setup_logging
 
 logger = logging.getLogger("raysight.cli")
@@ -166,10 +165,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)  # "32" -> 32, "[2, 2]" -> [2, 2], "same" -> "same"
+    try:
+        return parse_assignment(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:

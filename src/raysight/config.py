@@ -137,6 +137,19 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` from a command line, the value read as YAML ("32" -> 32, "[2, 2]" -> a
+    list, "same" -> "same"); dashes in KEY become underscores (field names).
+
+    Raises:
+        ConfigError: no "=" or an empty key.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"expected KEY=VALUE, got {text!r}")
+    return key.replace("-", "_"), yaml.safe_load(value)
+
+
 def _check_positive(cfg: object, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) <= 0:

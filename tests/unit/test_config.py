@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from raysight.config import TrainConfig
+from raysight.config import TrainConfig, parse_assignment
 from raysight.errors import ConfigError
 
 
@@ -56,3 +56,13 @@ def test_repository_configs_load() -> None:
     services = Path(__file__).resolve().parents[2] / "services"
     for name in ("digits.yaml", "train.yaml"):
         assert TrainConfig.from_yaml(services / name).epochs > 0
+
+
+def test_parse_assignment_reads_yaml_values() -> None:
+    assert parse_assignment("epochs=10") == ("epochs", 10)
+    assert parse_assignment("image-size=[64, 64]") == ("image_size", [64, 64])
+    assert parse_assignment("gpu=true") == ("gpu", True)
+    assert parse_assignment("padding=same") == ("padding", "same")
+    for bad in ("epochs", "=3"):
+        with pytest.raises(ConfigError, match="KEY=VALUE"):
+            parse_assignment(bad)
