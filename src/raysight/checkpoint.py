@@ -29,6 +29,7 @@ from typing import Any
 import safetensors
 import safetensors.torch
 import torch
+from safetensors.torch import load as parse_safetensors_bytes  # no pickle: a flat tensor format
 from torch import nn
 
 from raysight import __version__
@@ -534,7 +535,7 @@ def _read_verified(file: Path, expected_sha256: str) -> bytes:
 
 def _parse_safetensors(file: Path, data: bytes) -> dict[str, torch.Tensor]:
     try:
-        return safetensors.torch.load(data)
+        return parse_safetensors_bytes(data)
     except safetensors.SafetensorError as error:
         raise CheckpointError(f"{file}: not a valid safetensors file ({error})") from error
 
