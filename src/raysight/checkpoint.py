@@ -187,12 +187,7 @@ class Manifest:
                 field is missing, unexpected or of the wrong type. The message names the
                 field and ``source``.
         """
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"{source}: manifest is not valid JSON ({error})") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{source}: manifest must be a JSON object")
+        data = _json_object(text, "manifest", source)
         _check_format_version(data, source)
         _check_field_names(data, {f.name for f in dataclasses.fields(cls)}, "", source)
         manifest = cls(
@@ -638,12 +633,7 @@ def _encode_mapping(
 
 
 def _decode_train_state(document: str, tensors: dict[str, torch.Tensor], source: str) -> TrainState:
-    try:
-        data = json.loads(document)
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{source}: train state is not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{source}: train state must be a JSON object")
+    data = _json_object(document, "train state", source)
     _check_field_names(data, _TRAIN_STATE_FIELDS, "", source)
     try:
         optimizer = _decode(data["optimizer"], tensors, source)
@@ -682,6 +672,17 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor], source: str) -> Any:
 
 
 # --- manifest validation --------------------------------------------------------------
+
+
+def _json_object(text: str, what: str, source: str) -> dict[str, Any]:
+    """Parse a JSON document that must be an object, naming `what` and `source` if not."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{source}: {what} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: {what} must be a JSON object")
+    return data
 
 
 def _check_format_version(data: dict[str, Any], source: str) -> None:

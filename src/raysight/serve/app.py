@@ -75,16 +75,17 @@ class InferenceServer:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new settings; load a new checkpoint beside the old one, then switch.
 
-        A checkpoint that fails to load or verify is refused: the previous model keeps
-        serving and the failure is logged and counted. On the first load there is nothing
-        to keep, so the error propagates and Serve reports the replica unhealthy.
+        A checkpoint that fails to load or verify is refused, with the rest of that update:
+        the previous model and settings stay, and the failure is logged and counted. On the
+        first load there is nothing to keep, so the error propagates and Serve reports the
+        replica unhealthy.
         """
         settings = ServeSettings.from_dict(user_config)
         old = self._model
         if (
             old is None
-            or settings.checkpoint != old.checkpoint
-            or settings.model_name != (self._settings.model_name if self._settings else "")
+            or self._settings is None
+            or _model_key(settings) != _model_key(self._settings)
         ):
             try:
                 device = _device(settings.device)
@@ -478,6 +479,11 @@ class InferenceServer:
             self._metrics.rejected.inc(tags={"model": tags["model"], "reason": error.reason})
         if method in ("ModelInfer", "ModelStreamInfer"):
             self._stats.record_request(status is OK, time.perf_counter() - started)
+
+
+def _model_key(settings: ServeSettings) -> tuple[str, str, str]:
+    """The settings that need the model reloaded when they change."""
+    return settings.checkpoint, settings.model_name, settings.device
 
 
 def _tags(model: ServedModel) -> dict[str, str]:
