@@ -76,8 +76,7 @@ def ray_train(cfg: TrainConfig, workers: int, out: Path) -> float:
     outcome = train(
         cfg.replace(
             workers=workers, output=str(out / f"ray{workers}"), storage_path=str(out / "storage")
-        ),
-        progress=False,
+        )
     )
     return float(outcome.last_report["samples_per_second"])
 

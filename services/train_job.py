@@ -38,7 +38,7 @@ def main() -> int:
     setup_logging()
     cfg = TrainConfig.from_yaml(args.config, dict(args.overrides))
     connect()
-    outcome = train(cfg, progress=False)
+    outcome = train(cfg)
     # The last line is machine-readable, for whoever reads the job's logs.
     logger.info(
         "result %s",

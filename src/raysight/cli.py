@@ -50,12 +50,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", help="YAML file of training settings")
     train.add_argument("--metrics-port", type=int, help="Prometheus port of a local Ray cluster")
-    train.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="per-epoch progress bars (default: on a terminal)",
-    )
     _add_config_flags(train)
     train.set_defaults(handler=_train)
 
@@ -192,7 +186,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     started = connect(metrics_port=args.metrics_port)
     try:
-        outcome = train(cfg, progress=args.progress)
+        outcome = train(cfg)
     finally:
         if started:
             ray.shutdown()

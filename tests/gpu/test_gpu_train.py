@@ -53,7 +53,7 @@ def test_ray_train_on_gpu(ray_cluster: RayCluster, tmp_path: Path) -> None:
         output=str(tmp_path / "gpu"),
         storage_path=str(tmp_path / "storage"),
     )
-    outcome = train(cfg, progress=False)
+    outcome = train(cfg)
     assert verify_checkpoint(outcome.checkpoint).train_config["gpu"] is True
     assert outcome.test.accuracy > 0.8
 

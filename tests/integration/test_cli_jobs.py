@@ -46,7 +46,6 @@ def test_train_then_evaluate_commands(ray_cluster: RayCluster, tmp_path: Path) -
             str(out),
             "--storage-path",
             str(tmp_path / "storage"),
-            "--no-progress",
         ],
         _env(ray_cluster),
     )

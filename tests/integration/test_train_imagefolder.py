@@ -60,7 +60,7 @@ def test_resnet_trains_on_a_streamed_image_folder(ray_cluster: RayCluster, tmp_p
         output=str(tmp_path / "ckpt"),
         storage_path=str(tmp_path / "storage"),
     )
-    outcome = train(cfg, progress=False)
+    outcome = train(cfg)
 
     manifest = verify_checkpoint(outcome.checkpoint)
     assert manifest.class_names == ("cool", "warm")

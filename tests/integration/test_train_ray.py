@@ -38,7 +38,7 @@ def test_two_workers_train_checkpoint_and_evaluate(ray_cluster: RayCluster, tmp_
         storage_path=str(tmp_path / "storage"),
         run_name="two-workers",
     )
-    outcome = train(cfg, progress=False)
+    outcome = train(cfg)
 
     manifest = verify_checkpoint(outcome.checkpoint)
     assert manifest.model == "convnet" and manifest.dataset == "digits"
@@ -69,7 +69,7 @@ def test_training_metrics_reach_rays_prometheus_endpoint(
         storage_path=str(tmp_path / "s"),
         run_name="metrics-run",
     )
-    train(cfg, progress=False)
+    train(cfg)
     wanted = (
         "ray_raysight_train_samples_per_second",
         "ray_raysight_train_epochs_total",
@@ -140,7 +140,7 @@ def test_killed_worker_resumes_from_last_checkpoint(
         args=(storage / "resume", killed, ray_cluster.dashboard_url),
     )
     killer.start()
-    outcome = train(cfg, progress=False)
+    outcome = train(cfg)
     killer.join()
 
     assert killed, "no worker was alive to kill"
@@ -164,6 +164,6 @@ def test_real_mnist_one_epoch_reaches_98_percent(
         output=str(tmp_path / "mnist"),
         storage_path=str(tmp_path / "storage"),
     )
-    outcome = train(cfg, progress=False)
+    outcome = train(cfg)
     assert outcome.test.samples == 10_000
     assert outcome.test.accuracy >= 0.98

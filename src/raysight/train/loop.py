@@ -62,7 +62,6 @@ class WorkerPlan:
     # datasets, which Ray Train hands to each worker as shards instead.
     arrays: dict[str, tuple[ray.ObjectRef, ray.ObjectRef]] | None
     rows: dict[str, int] = field(default_factory=dict)  # split -> rows, for Ray Data step counts
-    progress: bool = False
     log_json: bool = False  # the driver's choice, so worker lines read like its own
 
 
@@ -111,12 +110,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_start = time.perf_counter()
 
     for epoch in range(start_epoch, cfg.epochs):
-        bar = _progress_bar(plan, rank, epoch, cfg.epochs, steps)
-        train_sums = stepper.train_epoch(
-            train_feed.epoch(epoch), lr_for_step, epoch * steps, on_step=bar.update if bar else None
-        )
-        if bar:
-            bar.close()
+        train_sums = stepper.train_epoch(train_feed.epoch(epoch), lr_for_step, epoch * steps)
         val_sums = stepper.evaluate(model, val_feed.epoch(epoch))
         stats = _global_stats(epoch + 1, train_sums, val_sums, device)
         if not math.isfinite(stats.train_loss):
@@ -273,12 +267,3 @@ def _log_epoch(stats: EpochStats, epochs: int, seconds_per_epoch: float) -> None
         stats.seconds,
         left,
     )
-
-
-def _progress_bar(plan: WorkerPlan, rank: int, epoch: int, epochs: int, steps: int) -> Any:
-    """A per-epoch bar drawn by the driver's terminal, or None when nobody is watching."""
-    if not plan.progress or rank != 0:
-        return None
-    from ray.experimental.tqdm_ray import tqdm
-
-    return tqdm(desc=f"epoch {epoch + 1}/{epochs}", total=steps, unit="batch")

@@ -114,7 +114,6 @@ class Stepper:
         batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
         lr_for_step: Callable[[int], float],
         first_step: int,
-        on_step: Callable[[], None] | None = None,
     ) -> EpochSums:
         """Train on every batch; `lr_for_step` maps the global step number to a rate."""
         self.model.train()
@@ -129,8 +128,6 @@ class Stepper:
             loss += batch_loss
             correct += batch_correct
             samples += len(labels)
-            if on_step is not None:
-                on_step()
         loss_total, correct_total = loss.item(), int(correct.item())  # one host sync per epoch
         return EpochSums(loss_total, correct_total, samples, time.perf_counter() - start)
 

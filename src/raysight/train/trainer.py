@@ -62,12 +62,11 @@ class PreparedData:
     rows: dict[str, int]
 
 
-def train(cfg: TrainConfig, *, progress: bool | None = None) -> TrainOutcome:
+def train(cfg: TrainConfig) -> TrainOutcome:
     """Train on the connected Ray cluster and write the best checkpoint to `cfg.output`.
 
     Args:
         cfg: the run's configuration.
-        progress: draw per-epoch progress bars; None draws them when stderr is a terminal.
 
     Raises:
         ConfigError, DataError: bad settings or data, before any worker starts.
@@ -96,7 +95,6 @@ def train(cfg: TrainConfig, *, progress: bool | None = None) -> TrainOutcome:
         class_names=data.class_names,
         arrays=_put_arrays(data.arrays) if data.arrays is not None else None,
         rows=data.rows,
-        progress=sys.stderr.isatty() if progress is None else progress,
         log_json=not sys.stderr.isatty(),
     )
     storage = cfg.storage_path or str(Path("runs/ray").resolve())
