@@ -400,3 +400,19 @@ def test_overload_is_resource_exhausted_and_passes(served: Served) -> None:
     assert "OK" in codes
     assert "RESOURCE_EXHAUSTED" in codes
     assert _infer(served.triton(), images[:2])["logits"].shape == (2, 10)
+
+
+def test_image_client_classifies_many_on_one_stream(served: Served) -> None:
+    from raysight.client import ImageClient
+
+    images, labels = _test_images(4)
+    payloads = [png(image[0]) for image in images]
+    payloads.insert(2, b"broken")
+    with ImageClient(served.target) as client:
+        results = list(client.classify_many(payloads, top_k=2))
+    assert len(results) == 5
+    assert "not a PNG" in results[2].error
+    good = [r for i, r in enumerate(results) if i != 2]
+    assert all(r.error == "" and len(r.labels) == 2 for r in good)
+    assert all(r.model_version == served.version for r in good)
+    assert sum(r.labels[0].label == str(y) for r, y in zip(good, labels, strict=True)) >= 3
