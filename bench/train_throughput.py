@@ -25,6 +25,7 @@ import torch
 from raysight.cluster import connect
 from raysight.config import TrainConfig
 from raysight.models import build_model, resolve_kwargs
+from raysight.train.allocator import retain_freed_memory
 from raysight.train.feeds import ArrayFeed
 from raysight.train.schedule import lr_at
 from raysight.train.step import Stepper, build_optimizer
@@ -35,6 +36,7 @@ _SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared/datasets/mn
 
 def plain_loop(cfg: TrainConfig, threads: int) -> float:
     """Single process, no Ray, no DDP: the baseline samples/s of the last epoch."""
+    retain_freed_memory()  # as every Ray Train worker does, so that only Ray differs
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     data = prepare_data(cfg)

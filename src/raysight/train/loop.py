@@ -34,6 +34,7 @@ from raysight.config import TrainConfig
 from raysight.errors import RaysightError
 from raysight.logs import setup_logging
 from raysight.models import build_model
+from raysight.train.allocator import retain_freed_memory
 from raysight.train.feeds import ArrayFeed, Feed, RayDataFeed
 from raysight.train.metrics import EpochStats, TrainMetrics
 from raysight.train.schedule import lr_at
@@ -69,6 +70,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point; `loop_config` is {"plan": WorkerPlan}."""
     plan: WorkerPlan = loop_config["plan"]
     setup_logging(json_lines=plan.log_json)
+    retain_freed_memory()
     cfg = TrainConfig.from_dict(plan.config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
