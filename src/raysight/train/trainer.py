@@ -28,7 +28,7 @@ from raysight.data.transforms import channel_stats
 from raysight.engine import Engine
 from raysight.errors import ConfigError
 from raysight.evaluate import Evaluation, dataset_batches, evaluate
-from raysight.models import resolve_kwargs
+from raysight.models import build_model, resolve_kwargs
 from raysight.train.loop import WorkerPlan, train_loop_per_worker
 from raysight.train.step import Preparation
 
@@ -81,6 +81,9 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         image_size=data.input_shape[1:],
         **cfg.model_args,
     )
+    # Build it once here, without weights, so that a model that cannot take this input
+    # fails now with a ConfigError instead of in every worker after the cluster starts.
+    build_model(cfg.model, **model_kwargs, device="meta")
     cpus = cfg.cpus_per_worker or _even_share_of_cpus(
         cfg.workers, streaming=data.ray_datasets is not None
     )
