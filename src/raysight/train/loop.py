@@ -37,6 +37,7 @@ from raysight.models import build_model
 from raysight.train.allocator import retain_freed_memory
 from raysight.train.feeds import ArrayFeed, Feed, RayDataFeed
 from raysight.train.metrics import EpochStats, TrainMetrics
+from raysight.train.progress import ProgressPoster
 from raysight.train.schedule import lr_at
 from raysight.train.step import EpochSums, Preparation, Stepper, build_optimizer
 
@@ -64,6 +65,7 @@ class WorkerPlan:
     arrays: dict[str, tuple[ray.ObjectRef, ray.ObjectRef]] | None
     rows: dict[str, int] = field(default_factory=dict)  # split -> rows, for Ray Data step counts
     log_json: bool = False  # the driver's choice, so worker lines read like its own
+    progress: Any = None  # ActorHandle[ProgressBoard] when the driver draws a bar, else None
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -109,10 +111,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         warmup=cfg.warmup_fraction,
     )
     metrics = TrainMetrics(plan.run_name, cfg.model) if rank == 0 else None
+    poster = (
+        ProgressPoster(
+            plan.progress,
+            epochs=cfg.epochs,
+            steps=steps,
+            samples_per_step=per_worker_batch * world,
+            start_epoch=start_epoch,
+        )
+        if plan.progress is not None and rank == 0
+        else None
+    )
     run_start = time.perf_counter()
 
     for epoch in range(start_epoch, cfg.epochs):
-        train_sums = stepper.train_epoch(train_feed.epoch(epoch), lr_for_step, epoch * steps)
+        train_sums = stepper.train_epoch(
+            train_feed.epoch(epoch),
+            lr_for_step,
+            epoch * steps,
+            on_step=poster.for_epoch(epoch) if poster is not None else None,
+        )
         val_sums = stepper.evaluate(model, val_feed.epoch(epoch))
         stats = _global_stats(epoch + 1, train_sums, val_sums, device)
         if not math.isfinite(stats.train_loss):

@@ -114,8 +114,10 @@ class Stepper:
         batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
         lr_for_step: Callable[[int], float],
         first_step: int,
+        on_step: Callable[[int], None] | None = None,
     ) -> EpochSums:
-        """Train on every batch; `lr_for_step` maps the global step number to a rate."""
+        """Train on every batch; `lr_for_step` maps the global step number to a rate, and
+        `on_step`, if given, hears how many steps of this epoch are done after each one."""
         self.model.train()
         loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
@@ -128,6 +130,8 @@ class Stepper:
             loss += batch_loss
             correct += batch_correct
             samples += len(labels)
+            if on_step is not None:
+                on_step(i + 1)
         loss_total, correct_total = loss.item(), int(correct.item())  # one host sync per epoch
         return EpochSums(loss_total, correct_total, samples, time.perf_counter() - start)
 

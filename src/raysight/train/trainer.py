@@ -6,6 +6,7 @@ Runs wherever `ray.init` connects: a laptop (`raysight train`), or a cluster's h
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -30,6 +31,7 @@ from raysight.errors import ConfigError
 from raysight.evaluate import Evaluation, dataset_batches, evaluate
 from raysight.models import build_model, resolve_kwargs
 from raysight.train.loop import WorkerPlan, train_loop_per_worker
+from raysight.train.progress import ProgressBoard, show_progress
 from raysight.train.step import Preparation
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,10 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     cpus = cfg.cpus_per_worker or _even_share_of_cpus(
         cfg.workers, streaming=data.ray_datasets is not None
     )
+    # On a terminal the driver draws a progress bar from rank 0's posts; elsewhere (a job's
+    # log, CI) the per-epoch lines are the whole record, as JSON.
+    on_terminal = sys.stderr.isatty()
+    board = ProgressBoard.remote() if on_terminal else None  # type: ignore[attr-defined]
     plan = WorkerPlan(
         config=cfg.to_dict(),
         run_name=run_name,
@@ -98,7 +104,8 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         class_names=data.class_names,
         arrays=_put_arrays(data.arrays) if data.arrays is not None else None,
         rows=data.rows,
-        log_json=not sys.stderr.isatty(),
+        log_json=not on_terminal,
+        progress=board,
     )
     storage = cfg.storage_path or str(Path("runs/ray").resolve())
     trainer = TorchTrainer(
@@ -131,7 +138,12 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         cfg.epochs,
         run_name,
     )
-    result = trainer.fit()
+    try:
+        with show_progress(board) if board is not None else contextlib.nullcontext():
+            result = trainer.fit()
+    finally:
+        if board is not None:
+            ray.kill(board)
     best = _best_checkpoint(result)
     with best.as_directory() as directory:
         loaded = load_checkpoint(directory)
