@@ -1,13 +1,19 @@
 """Keep freed tensor memory inside a training process instead of handing it back each step.
 
-glibc returns large freed blocks to the kernel: blocks above the mmap threshold are unmapped
-on free, and a heap's free top is trimmed once it passes the trim threshold. Both
-thresholds start low and adapt to the process's history. When they end up low, each step's
-activations (the convnet's first layer alone is (128, 32, 26, 26) float32, 11 MB) come back
-as fresh zeroed pages, one minor fault per 4 KiB page. A Ray Train worker hit that: 0.8 to
-1.1 million page faults per 30,000-image MNIST epoch and about 20% fewer samples/s than
-the same loop in a process whose history had raised the thresholds. Fixed thresholds
-bring the faults to single digits (docs/benchmarks.md).
+glibc gives large freed blocks back to the kernel in three ways: blocks above the mmap
+threshold are unmapped on free; a heap's free top is trimmed once it passes the trim
+threshold; and a thread's arena (training runs in Ray Train's thread, not the main one)
+unmaps any of its 64 MiB heaps the moment that heap is wholly free. The thresholds start
+low and adapt to the process's history. Whichever path is taken, each step's activations
+(the convnet's first layer alone is (128, 32, 26, 26) float32, 11 MB) then come back as
+fresh zeroed pages, one minor fault per 4 KiB page.
+
+A Ray Train worker hit this in some runs and not others: 0.8 to 1.1 million page faults
+per 30,000-image MNIST epoch (about 165,000 a second on each of its two threads) and 30 to
+40% fewer samples/s. Fixed thresholds and a top pad bring the faults to single digits in
+every run (docs/benchmarks.md). Buffers above 32 MiB are still mapped fresh each time,
+which glibc does not let a process change; an allocator such as jemalloc, preloaded, is
+the remedy there.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 
 # glibc refuses an mmap threshold above half its 64 MiB heap size on 64-bit builds.
@@ -27,10 +34,16 @@ MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 # A heap's free top is kept up to this size: above one step's transient peak, so that the
 # peak is allocated once per process rather than once per step.
 TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
+# A thread's arena is a chain of 64 MiB heaps, and glibc unmaps a whole heap the moment it
+# is entirely free, whatever the trim threshold. Training runs in a thread (Ray Train's),
+# and a step that frees everything it put in the newest heap loses that heap every step.
+# Keeping this much spare at the top blocks that, at the cost of address space only:
+# pages are touched only when used.
+TOP_PAD_BYTES = 64 * 1024 * 1024
 
 
 def retain_freed_memory() -> bool:
-    """Fix glibc's malloc thresholds for this process; call once, before training.
+    """Fix glibc's malloc settings for this process; call once, before training.
 
     Returns:
         True when applied; False where the C library is not glibc (macOS, musl), whose
@@ -42,8 +55,13 @@ def retain_freed_memory() -> bool:
     libc = ctypes.CDLL(name)
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
         return False
-    applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    applied = all(
+        libc.mallopt(param, value)
+        for param, value in (
+            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
+            (_M_TOP_PAD, TOP_PAD_BYTES),
+        )
     )
     if not applied:
         logger.warning("glibc refused the malloc thresholds; training may page-fault per step")
