@@ -6,7 +6,7 @@ so drift in the machine's speed hits every runner alike, and each runner's media
 rounds is reported. Throughput is the last epoch's training samples per second (the first
 epoch carries warm-up), not counting evaluation.
 
-    python bench/train_throughput.py [--data-dir ../shared/datasets/mnist] [--rounds 3]
+    python bench/train_throughput.py [--data-dir ../shared/datasets/mnist] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -87,10 +87,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(_SHARED_MNIST))
     parser.add_argument("--model", default="convnet")
-    parser.add_argument("--samples", type=int, default=12000, help="training images used")
-    parser.add_argument("--epochs", type=int, default=2)
+    # About 4 s per epoch here: long enough that a second of noise does not decide a round.
+    parser.add_argument("--samples", type=int, default=30000, help="training images used")
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if not Path(args.data_dir).exists():
         print(f"no MNIST at {args.data_dir}: pass --data-dir (raysight data download mnist)")
@@ -129,6 +130,9 @@ def main() -> int:
     for name, values in results.items():
         median = statistics.median(values)
         print(f"{name:8s} {median:10.0f} {median / base:8.2f}x")
+    for name in ("ray-1", "ray-2"):
+        ratios = [r / p for r, p in zip(results[name], results["plain"], strict=True)]
+        print(f"{name} / plain by round: " + ", ".join(f"{x:.2f}" for x in ratios))
     print(
         f"\n{time.strftime('%Y-%m-%d')} torch {torch.__version__} ray {ray.__version__} "
         f"python {sys.version.split()[0]}"
