@@ -15,6 +15,7 @@ from raysight.checkpoint import verify_checkpoint
 from raysight.config import TrainConfig
 from raysight.engine import Engine
 from raysight.evaluate import dataset_batches, evaluate
+from raysight.train.loop import TrainingDivergedError
 from raysight.train.trainer import train
 from tests.conftest import RayCluster, scrape_metrics
 
@@ -56,6 +57,21 @@ def test_two_workers_train_checkpoint_and_evaluate(ray_cluster: RayCluster, tmp_
     # Per-epoch checkpoints were persisted to storage, at most keep_checkpoints of them.
     kept = [p for p in (tmp_path / "storage" / "two-workers").glob("checkpoint_*") if p.is_dir()]
     assert 1 <= len(kept) <= cfg.keep_checkpoints
+
+
+def test_a_worker_error_reaches_the_caller_as_itself(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    cfg = DIGITS.replace(
+        lr=1e30,  # every weight overflows on the first step
+        epochs=2,
+        workers=1,
+        output=str(tmp_path / "best"),
+        storage_path=str(tmp_path / "storage"),
+    )
+    with pytest.raises(TrainingDivergedError, match="training loss became nan in epoch 1"):
+        train(cfg)
+    assert not (tmp_path / "best").exists()
 
 
 def test_training_metrics_reach_rays_prometheus_endpoint(

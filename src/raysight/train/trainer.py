@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchTrainer
 
 from raysight.checkpoint import Manifest, Preprocessing, load_checkpoint, save_checkpoint
@@ -28,7 +28,7 @@ from raysight.data import NATURAL_IMAGES, ArrayDataset, load_arrays
 from raysight.data import imagefolder as imagefolder_data
 from raysight.data.transforms import channel_stats
 from raysight.engine import Engine
-from raysight.errors import ConfigError
+from raysight.errors import ConfigError, RaysightError
 from raysight.evaluate import Evaluation, dataset_batches, evaluate
 from raysight.models import build_model, resolve_kwargs
 from raysight.train.loop import WorkerPlan, train_loop_per_worker
@@ -80,7 +80,9 @@ def train(cfg: TrainConfig) -> TrainOutcome:
 
     Raises:
         ConfigError, DataError: bad settings or data, before any worker starts.
-        ray.train.TrainingFailedError: the workers failed more than `cfg.max_failures` times.
+        RaysightError: a worker stopped on a raysight error (TrainingDivergedError, a
+            DataError met while streaming) more than `cfg.max_failures` times.
+        ray.train.TrainingFailedError: the workers failed otherwise, as often.
     """
     run_name = cfg.run_name or f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     data = prepare_data(cfg)
@@ -150,6 +152,13 @@ def train(cfg: TrainConfig) -> TrainOutcome:
     try:
         with show_progress(board) if board is not None else contextlib.nullcontext():
             result = trainer.fit()
+    except WorkerGroupError as exc:
+        # A worker's own raysight error (divergence, bad data met while streaming) names
+        # the problem; Ray's wrapper around it is a traceback per rank.
+        failure = _raysight_failure(exc)
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         if board is not None:
             ray.kill(board)
@@ -294,6 +303,15 @@ def _even_share_of_cpus(workers: int, *, streaming: bool) -> float:
         # Quarter-core steps keep Ray's resource arithmetic exact.
         return max(0.25, min(math.floor(total / workers * 4) / 4, largest_node))
     return float(max(1, min(int(total) // workers, int(largest_node))))
+
+
+def _raysight_failure(exc: WorkerGroupError) -> RaysightError | None:
+    """The lowest rank's RaysightError among the workers' failures, if any."""
+    for rank in sorted(exc.worker_failures):
+        failure = exc.worker_failures[rank]
+        if isinstance(failure, RaysightError):
+            return failure
+    return None
 
 
 def _best_checkpoint(result: Any) -> ray.train.Checkpoint:
