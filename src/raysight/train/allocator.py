@@ -9,8 +9,8 @@ low and adapt to the process's history. Whichever path is taken, each step's act
 fresh zeroed pages, one minor fault per 4 KiB page.
 
 A Ray Train worker hit this in some runs and not others: 0.8 to 1.1 million page faults
-per 30,000-image MNIST epoch (about 165,000 a second on each of its two threads) and 30 to
-40% fewer samples/s. Fixed thresholds and a top pad bring the faults to single digits in
+per 30,000-image MNIST epoch (up to 165,000 a second on each of its two threads) and 30 to
+45% fewer samples/s. Fixed thresholds and a top pad bring the faults to single digits in
 every run (docs/benchmarks.md). Buffers above 32 MiB are still mapped fresh each time,
 which glibc does not let a process change; an allocator such as jemalloc, preloaded, is
 the remedy there.
