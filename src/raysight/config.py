@@ -23,72 +23,166 @@ Schedule = Literal["onecycle", "cosine", "constant"]
 _T = TypeVar("_T")
 
 
+def doc(
+    text: str, *, flag: str | None = None, metavar: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """Metadata of a config field: its help text and, rarely, how its flag is spelled.
+
+    The help lives in data, not in a docstring under the field, so `--help` also works on an
+    install that ships only .pyc files.
+
+    Args:
+        text: What the field means, one or two sentences; shown by `--help`.
+        flag: The flag's name when `--field-name` reads badly (a mapping set one key at a
+            time: `--model-arg KEY=VALUE`).
+        metavar: Names of the values of a tuple field, e.g. ("H", "W").
+
+    Returns:
+        The `metadata` of `dataclasses.field`.
+    """
+    metadata: dict[str, Any] = {"help": text}
+    if flag is not None:
+        metadata["flag"] = flag
+    if metavar is not None:
+        metadata["metavar"] = metavar
+    return metadata
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs. Field names match the `raysight train` flags."""
 
     # --- data ---
-    dataset: str = "digits"
-    """Dataset reader: digits, mnist, fashion-mnist, cifar10 or imagefolder."""
-    data_dir: str | None = None
-    """Local directory or s3:// / gs:// URI; unused for the embedded digits."""
-    image_size: tuple[int, int] | None = None
-    """(H, W) every image is resized to; imagefolder only (others have a fixed size)."""
-    channels: int = 3
-    """1 (grey) or 3 (RGB) for imagefolder images; others carry their own."""
-    val_fraction: float = 0.1
-    """Share of the training split held out to pick the best checkpoint; the test split is
-    only used once, for the final evaluation."""
-    limit_train: int = 0
-    """Use only the first N images of the training split (quick runs, benchmarks); 0: all."""
+    dataset: str = field(
+        default="digits",
+        metadata=doc("Dataset reader: digits, mnist, fashion-mnist, cifar10 or imagefolder."),
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata=doc("Local directory or s3:// / gs:// URI; unused for the embedded digits."),
+    )
+    image_size: tuple[int, int] | None = field(
+        default=None,
+        metadata=doc(
+            "(H, W) every image is resized to; imagefolder only (others have a fixed size).",
+            metavar=("H", "W"),
+        ),
+    )
+    channels: int = field(
+        default=3,
+        metadata=doc("1 (grey) or 3 (RGB) for imagefolder images; others carry their own."),
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata=doc(
+            "Share of the training split held out to pick the best checkpoint; the test split "
+            "is only used once, for the final evaluation."
+        ),
+    )
+    limit_train: int = field(
+        default=0,
+        metadata=doc(
+            "Use only the first N images of the training split (quick runs, benchmarks); 0: all."
+        ),
+    )
 
     # --- model ---
-    model: str = "convnet"
-    """A name from the model registry (`raysight models`)."""
-    model_args: dict[str, Any] = field(default_factory=dict)
-    """Extra constructor arguments, e.g. {"width": 32} or {"padding": "same"}."""
+    model: str = field(
+        default="convnet", metadata=doc("A name from the model registry (`raysight models`).")
+    )
+    model_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=doc(
+            'Extra constructor arguments, e.g. {"width": 32} or {"padding": "same"}.',
+            flag="--model-arg",
+        ),
+    )
 
     # --- optimisation ---
-    epochs: int = 5
-    batch_size: int = 128
-    """Global batch size, split evenly across workers."""
-    optimizer: Optimizer = "adamw"
-    lr: float = 3e-3
-    """Peak learning rate."""
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    """SGD momentum (Nesterov); ignored by AdamW."""
-    schedule: Schedule = "onecycle"
-    """onecycle: linear warm-up for warmup_fraction then cosine decay; cosine: decay only."""
-    warmup_fraction: float = 0.15
-    label_smoothing: float = 0.0
-    augment: Augment = "auto"
-    """auto: random crop for every dataset, plus horizontal flips for natural images."""
-    crop_padding: int = 0
-    """Pixels of random translation; 0 picks H/8 for photos, H/14 for digits."""
-    seed: int = 0
+    epochs: int = field(default=5, metadata=doc("Passes over the training split."))
+    batch_size: int = field(
+        default=128, metadata=doc("Global batch size, split evenly across workers.")
+    )
+    optimizer: Optimizer = field(
+        default="adamw", metadata=doc("adamw, or sgd (Nesterov, with momentum).")
+    )
+    lr: float = field(default=3e-3, metadata=doc("Peak learning rate."))
+    weight_decay: float = field(
+        default=5e-4,
+        metadata=doc("Weight decay of the weight matrices and kernels; none on biases and norms."),
+    )
+    momentum: float = field(default=0.9, metadata=doc("SGD momentum (Nesterov); ignored by AdamW."))
+    schedule: Schedule = field(
+        default="onecycle",
+        metadata=doc(
+            "onecycle: linear warm-up for warmup_fraction then cosine decay; cosine: decay "
+            "only; constant: lr throughout."
+        ),
+    )
+    warmup_fraction: float = field(
+        default=0.15,
+        metadata=doc("Share of the steps spent warming up from lr/25 to lr (onecycle only)."),
+    )
+    label_smoothing: float = field(
+        default=0.0, metadata=doc("Cross-entropy label smoothing, in [0, 1).")
+    )
+    augment: Augment = field(
+        default="auto",
+        metadata=doc(
+            "auto: random crop for every dataset, plus horizontal flips for natural images."
+        ),
+    )
+    crop_padding: int = field(
+        default=0,
+        metadata=doc("Pixels of random translation; 0 picks H/8 for photos, H/14 for digits."),
+    )
+    seed: int = field(
+        default=0,
+        metadata=doc(
+            "Seed of the initial weights, the validation hold-out, shuffling and augmentation."
+        ),
+    )
 
     # --- cluster ---
-    workers: int = 2
-    """Ray Train workers (DDP ranks)."""
-    gpu: bool = False
-    """One GPU per worker; enables bf16 autocast and channels_last."""
-    cpus_per_worker: float = 0.0
-    """CPU cores reserved per worker (torch threads: its whole cores, at least 1); 0 shares
-    the cluster's cores evenly, keeping a quarter for Ray Data when images stream."""
-    max_failures: int = 2
-    """Worker-group restarts allowed; each resumes from the latest checkpoint."""
+    workers: int = field(default=2, metadata=doc("Ray Train workers (DDP ranks)."))
+    gpu: bool = field(
+        default=False,
+        metadata=doc("One GPU per worker; enables bf16 autocast and channels_last."),
+    )
+    cpus_per_worker: float = field(
+        default=0.0,
+        metadata=doc(
+            "CPU cores reserved per worker (torch threads: its whole cores, at least 1); 0 "
+            "shares the cluster's cores evenly, keeping a quarter for Ray Data when images "
+            "stream."
+        ),
+    )
+    max_failures: int = field(
+        default=2,
+        metadata=doc("Worker-group restarts allowed; each resumes from the latest checkpoint."),
+    )
 
     # --- outputs ---
-    output: str = "runs/latest"
-    """Where the final (best) checkpoint is written."""
-    storage_path: str | None = None
-    """Ray Train's storage for per-epoch checkpoints; must be shared (s3://, NFS) on a
-    multi-node cluster. Default: runs/ray under the current directory."""
-    run_name: str | None = None
-    """Name of the run in storage and in metrics labels; default model-dataset-time."""
-    keep_checkpoints: int = 2
-    """Per-epoch checkpoints kept in storage, best by validation accuracy."""
+    output: str = field(
+        default="runs/latest", metadata=doc("Where the final (best) checkpoint is written.")
+    )
+    storage_path: str | None = field(
+        default=None,
+        metadata=doc(
+            "Ray Train's storage for per-epoch checkpoints; must be shared (s3://, NFS) on a "
+            "multi-node cluster. Default: runs/ray under the current directory."
+        ),
+    )
+    run_name: str | None = field(
+        default=None,
+        metadata=doc(
+            "Name of the run in storage and in metrics labels; default model-dataset-time."
+        ),
+    )
+    keep_checkpoints: int = field(
+        default=2,
+        metadata=doc("Per-epoch checkpoints kept in storage, best by validation accuracy."),
+    )
 
     def __post_init__(self) -> None:
         _check_positive(self, "epochs", "batch_size", "workers", "keep_checkpoints")
@@ -115,7 +209,7 @@ class TrainConfig:
         Raises:
             ConfigError: naming the unknown field or the field with a wrong type.
         """
-        return _from_dict(cls, values, source)
+        return from_plain(cls, values, source)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -162,16 +256,40 @@ def _check_non_negative(cfg: object, *names: str) -> None:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
 
 
-def _from_dict(cls: type[_T], values: dict[str, Any], source: str) -> _T:
+def from_plain(cls: type[_T], values: dict[str, Any], source: str) -> _T:
+    """Build a config dataclass from plain values, checking names and types against its hints.
+
+    Lists become tuples and ints become floats where the field says so; nothing else is
+    converted, so a string where a number is meant is an error rather than a guess.
+
+    Args:
+        cls: A dataclass whose fields are plain types, `X | None`, Literal, tuple or dict.
+        values: Field name -> value, e.g. from YAML, JSON or flags; missing fields keep
+            their defaults.
+        source: Where the values came from, leading every error message.
+
+    Returns:
+        The instance, validated by its own `__post_init__` too.
+
+    Raises:
+        ConfigError: naming the unknown, missing or wrongly typed field.
+    """
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - fields)
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    unknown = sorted(set(values) - {f.name for f in fields})
     if unknown:
         raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}")
+    missing = [f.name for f in fields if _required(f) and f.name not in values]
+    if missing:
+        raise ConfigError(f"{source}: missing field(s) {', '.join(missing)}")
     kwargs = {
         name: _coerce(value, hints[name], f"{source}: {name}") for name, value in values.items()
     }
     return cls(**kwargs)
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -1,9 +1,20 @@
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import raysight
 from raysight import cli
 from raysight.config import TrainConfig
+from raysight.errors import ConfigError
+from raysight.serve.settings import ServeSettings
+
+# Fields whose flag is not simply --field-name.
+FLAG_NAMES = {"model_args": "--model-arg"}
 
 
 def _config(argv: list[str]) -> TrainConfig:
@@ -11,23 +22,29 @@ def _config(argv: list[str]) -> TrainConfig:
     return cli._config_from_args(args)
 
 
-def test_every_config_field_has_a_documented_flag() -> None:
-    help_text = cli._parser()._subparsers._group_actions[0].choices["train"].format_help()
-    for flag in (
-        "--dataset",
-        "--data-dir",
-        "--image-size",
-        "--model-arg",
-        "--epochs",
-        "--workers",
-        "--gpu",
-        "--max-failures",
-        "--label-smoothing",
-        "--output",
-    ):
-        assert flag in help_text
-    docs = cli._field_help()
-    assert "Ray Train workers" in docs["workers"]
+def _settings(argv: list[str]) -> ServeSettings:
+    args = cli._parser().parse_args(["serve", *argv])
+    return cli._settings_from_args(args)
+
+
+def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # one line: wrapping is not content
+
+
+@pytest.mark.parametrize(("command", "cls"), [("train", TrainConfig), ("serve", ServeSettings)])
+def test_every_field_has_a_flag_with_its_help(
+    command: str, cls: type, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "10000")  # no wrapping, so no word split at a hyphen
+    help_text = _help(command, capsys)
+    for field in dataclasses.fields(cls):
+        flag = FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
+        documented = " ".join(field.metadata["help"].split())
+        assert f"{flag} " in help_text, field.name
+        assert documented in help_text, field.name
 
 
 def test_flags_override_the_file(tmp_path: Path) -> None:
@@ -58,6 +75,84 @@ def test_defaults_without_file() -> None:
 def test_bad_flag_value_is_a_clean_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["train", "--epochs", "0"]) == 2
     assert "epochs must be positive" in capsys.readouterr().err
+
+
+def test_serve_flags_set_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = _settings(
+        [
+            *("--checkpoint", "x", "--top-k", "3", "--device", "cpu"),
+            *("--max-image-pixels", "100", "--max-image-bytes", "2048", "--model-name", "m"),
+            *("--max-batch-size", "8", "--batch-wait-timeout-s", "0.02"),
+        ]
+    )
+    assert settings == ServeSettings(
+        checkpoint=str(tmp_path / "x"),  # resolved: replicas run elsewhere
+        model_name="m",
+        max_batch_size=8,
+        batch_wait_timeout_s=0.02,
+        top_k=3,
+        max_image_bytes=2048,
+        max_image_pixels=100,
+        device="cpu",
+    )
+
+
+def test_serve_defaults_come_from_the_settings_class() -> None:
+    settings = _settings(["--checkpoint", "s3://bucket/ckpt"])
+    assert settings == ServeSettings(checkpoint="s3://bucket/ckpt")  # a URI is kept as is
+
+
+def test_bad_serve_setting_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="top_k must be positive"):
+        _settings(["--checkpoint", "x", "--top-k", "0"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--top-k", "3"], "--checkpoint"),
+        (["--checkpoint", "x", "--device", "tpu"], "--device"),
+        (["--checkpoint", "x", "--max-image-bytes", "1e6"], "--max-image-bytes"),
+        (["--checkpoint", "x", "--batch-wait-ms", "5"], "--batch-wait-ms"),
+    ],
+)
+def test_bad_serve_flags_are_argparse_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_works_without_python_sources(tmp_path: Path) -> None:
+    package = tmp_path / "raysight"
+    shutil.copytree(
+        Path(raysight.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    subprocess.run([sys.executable, "-m", "compileall", "-b", "-q", str(package)], check=True)
+    for source in package.rglob("*.py"):
+        source.unlink()
+    assert not list(package.rglob("*.py"))
+    script = (
+        "import raysight; print(raysight.__file__)\n"
+        "from raysight.cli import main\n"
+        "for command in ('serve', 'train'):\n"
+        "    try:\n"
+        "        main([command, '--help'])\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, exc.code\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "10000"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    imported_from, _, help_text = result.stdout.partition("\n")
+    assert Path(imported_from).parent == package  # the copy, not the editable install
+    assert "--top-k" in help_text and "Labels returned by Classify" in help_text
+    assert "--workers" in help_text and "Ray Train workers (DDP ranks)." in help_text
 
 
 def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:

@@ -51,7 +51,7 @@ def test_generated_config_matches_the_file_layout() -> None:
         ({"checkpoint": ""}, "checkpoint is required"),
         ({"checkpoint": "/c", "max_batch_size": 0}, "max_batch_size"),
         ({"checkpoint": "/c", "device": "tpu"}, "device"),
-        ({"checkpoint": "/c", "batch_size": 4}, "unknown key.*batch_size"),
+        ({"checkpoint": "/c", "batch_size": 4}, "unknown field.*batch_size"),
     ],
 )
 def test_bad_settings_name_the_field(values: dict, message: str) -> None:
