@@ -7,8 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Ray workers default to nice 15, which starves them on a small machine next to the driver.
 export RAY_worker_niceness := 0
-# Keep Ray's sockets and logs inside the work tree (short path: unix sockets allow 107 bytes).
-export RAYSIGHT_RAY_TMPDIR ?= $(CURDIR)/.tmp/ray
+# Extra flags for `raysight serve` in `make run`, e.g. SERVE_FLAGS="--grpc-port 9100".
+SERVE_FLAGS ?=
 
 .PHONY: venv lint typecheck test test-fast bench run constraints clean proto
 
@@ -51,7 +51,7 @@ bench: venv
 run: venv
 	$(BIN)/raysight train --config services/digits.yaml --output runs/digits
 	$(BIN)/raysight evaluate --checkpoint runs/digits --dataset digits
-	$(BIN)/raysight serve --checkpoint runs/digits --demo 5
+	$(BIN)/raysight serve --checkpoint runs/digits --demo 5 $(SERVE_FLAGS)
 
 # Regenerate the pins from the current venv (after changing dependencies on purpose).
 constraints: venv
@@ -59,4 +59,4 @@ constraints: venv
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
-	rm -rf $(VENV) .tmp runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

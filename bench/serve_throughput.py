@@ -62,23 +62,18 @@ def run_one(mode: str, checkpoint: str, concurrency: int, seconds: float) -> dic
     """In a fresh process: start Ray in `mode`, deploy, measure, shut down."""
     if mode == "haproxy":
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-    import ray
-
-    from raysight.cluster import connect
+    from raysight.cluster import connected
     from raysight.engine import Engine
     from raysight.serve import runner
     from raysight.serve.settings import ServeSettings
 
     port = 9200
-    connect(dashboard_port=8289)
-    try:
+    with connected(dashboard_port=8289):
         settings = ServeSettings(checkpoint=checkpoint)
         runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=8290))
         shape = Engine.from_directory(checkpoint).manifest.input_shape
         image = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
         return asyncio.run(_load(f"127.0.0.1:{port}", image, concurrency, seconds))
-    finally:
-        ray.shutdown()
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 import ray
 import torch
 
-from raysight.cluster import connect
+from raysight.cluster import connected
 from raysight.config import TrainConfig
 from raysight.models import build_model, resolve_kwargs
 from raysight.train.allocator import retain_freed_memory
@@ -108,9 +108,8 @@ def main() -> int:
         keep_checkpoints=1,
     )
     cpus = os.cpu_count() or 1
-    connect(num_cpus=cpus)
     results: dict[str, list[float]] = {"plain": [], "ray-1": [], "ray-2": []}
-    with tempfile.TemporaryDirectory(prefix="raysight-bench-") as tmp:
+    with connected(num_cpus=cpus), tempfile.TemporaryDirectory(prefix="raysight-bench-") as tmp:
         for round_ in range(args.rounds):
             # The plain loop gets every core, as the single Ray worker does.
             results["plain"].append(plain_loop(cfg, threads=cpus))
@@ -120,7 +119,6 @@ def main() -> int:
                 f"round {round_ + 1}: " + "  ".join(f"{k} {v[-1]:.0f}" for k, v in results.items()),
                 flush=True,
             )
-    ray.shutdown()
     base = statistics.median(results["plain"])
     print(
         f"\n{args.model} on {args.samples} MNIST images, batch {args.batch_size}, "

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Any
 
-from raysight.cluster import connect
+from raysight.cluster import connected
 from raysight.config import TrainConfig, parse_assignment
 from raysight.errors import ConfigError
 from raysight.logs import setup_logging
@@ -37,8 +37,8 @@ def main() -> int:
     args = parser.parse_args()
     setup_logging()
     cfg = TrainConfig.from_yaml(args.config, dict(args.overrides))
-    connect()
-    outcome = train(cfg)
+    with connected():
+        outcome = train(cfg)
     # The last line is machine-readable, for whoever reads the job's logs.
     logger.info(
         "result %s",

@@ -19,6 +19,9 @@ MNIST_DIR = SHARED / "datasets" / "mnist"
 # Ray workers start at nice 15 by default and starve beside the test process on 2 cores.
 os.environ.setdefault("RAY_worker_niceness", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a test never reports usage anywhere
+# As the raysight command sets it (src/raysight/__init__.py); before any test module imports
+# Ray, which reads it once.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 # Serve's ingress for this session: "proxy" (the classic gRPC proxy) or "haproxy" (HAProxy in
 # front of direct-ingress replicas). One Ray cluster has one mode, so the serving suite runs
@@ -51,7 +54,6 @@ def scrape_metrics(port: int, ready: Callable[[str], bool], timeout: float = 60.
 class RayCluster:
     """The session's local Ray cluster."""
 
-    temp_dir: Path
     metrics_port: int
     dashboard_url: str  # job submission and the state API
     gcs_address: str  # what RAY_ADDRESS names for drivers joining this cluster
@@ -61,27 +63,22 @@ class RayCluster:
 def ray_cluster() -> Iterator[RayCluster]:
     """A real local Ray cluster on 127.0.0.1, started once and always shut down.
 
-    Its temp dir lives under the work tree (short: unix socket paths allow 107 bytes).
+    Like every local cluster raysight starts, it keeps its files in a private short-path
+    temp dir, removed when it stops, whatever the checkout's path.
     """
     import ray
 
-    from raysight.cluster import connect
+    from raysight.cluster import connected
 
-    temp_dir = REPO / ".tmp" / "ray-tests"
-    temp_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["RAYSIGHT_RAY_TMPDIR"] = str(temp_dir)
     metrics_port, dashboard_port = free_port(), free_port()
     os.environ.pop("RAY_ADDRESS", None)
-    connect(num_cpus=2, metrics_port=metrics_port, dashboard_port=dashboard_port)
-    try:
+    os.environ.pop("RAYSIGHT_RAY_TMPDIR", None)
+    with connected(num_cpus=2, metrics_port=metrics_port, dashboard_port=dashboard_port):
         yield RayCluster(
-            temp_dir,
             metrics_port,
             f"http://127.0.0.1:{dashboard_port}",
             ray.get_runtime_context().gcs_address,
         )
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture

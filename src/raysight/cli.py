@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import inspect
-import itertools
 import json
 import logging
+import os
+import signal
 import sys
-import typing
+import threading
 from collections.abc import Sequence
-from typing import Any, Literal, get_args, get_origin
+from pathlib import Path
 
 import numpy as np
 
-from raysight.config import TrainConfig, parse_assignment
-from raysight.errors import ConfigError, RaysightError
+from raysight.config import TrainConfig
+from raysight.errors import RaysightError
+from raysight.flags import add_flags, flag_overrides
 from raysight.logs import setup_logging
+from raysight.serve.settings import ServeSettings
 
 logger = logging.getLogger("raysight.cli")
 
@@ -27,7 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = _parser()
     args = parser.parse_args(argv)
-    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    # The console's threshold, for raysight's lines and the ones Ray's processes forward.
+    setup_logging(
+        logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    )
     try:
         return int(args.handler(args))
     except RaysightError as exc:
@@ -39,7 +42,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysight", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug lines, and every line Ray's processes write (by default only raysight's "
+        "lines and warnings or errors show)",
+    )
+    loudness.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings, errors and results"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser(
@@ -50,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--config", help="YAML file of training settings")
     train.add_argument("--metrics-port", type=int, help="Prometheus port of a local Ray cluster")
-    _add_config_flags(train)
+    add_flags(train, TrainConfig, title="training config (each also settable in --config)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="accuracy and confusion matrix of a checkpoint")
@@ -76,7 +89,6 @@ def _parser() -> argparse.ArgumentParser:
         description="Start a local Ray cluster (or join RAY_ADDRESS) and serve the Open "
         "Inference Protocol, the image API and gRPC health on one port.",
     )
-    serve.add_argument("--checkpoint", required=True, help="checkpoint directory or URI")
     serve.add_argument("--grpc-port", type=int, default=9000)
     serve.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP port")
     serve.add_argument(
@@ -86,9 +98,6 @@ def _parser() -> argparse.ArgumentParser:
         help="Prometheus metrics of a local Ray cluster (Ray's export port)",
     )
     serve.add_argument("--replicas", type=int, default=1)
-    serve.add_argument("--max-batch-size", type=int, default=32)
-    serve.add_argument("--batch-wait-ms", type=float, default=5.0)
-    serve.add_argument("--model-name", default="", help="default: <model>-<dataset>")
     serve.add_argument("--num-gpus", type=float, default=0.0, help="per replica; may be 0.5")
     serve.add_argument(
         "--ingress",
@@ -105,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
         help="once up, classify N test images of the checkpoint's dataset "
         "through the gRPC image API and print the answers",
     )
+    add_flags(
+        serve,
+        ServeSettings,
+        title="serving settings (each also a key of user_config in services/serve.yaml)",
+        required=("checkpoint",),
+    )
     serve.set_defaults(handler=_serve)
 
     predict = commands.add_parser("predict", help="classify image files through a server")
@@ -118,78 +133,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _field_help() -> dict[str, str]:
-    """The docstring under each TrainConfig field, so the flags document themselves."""
-    tree = ast.parse(inspect.getsource(TrainConfig))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, after in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-        ):
-            docs[node.target.id] = " ".join(str(after.value.value).split())
-    return docs
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; defaults are None so only given flags override."""
-    hints = typing.get_type_hints(TrainConfig)
-    docs = _field_help()
-    group = parser.add_argument_group("training config (each also settable in --config)")
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        hint = hints[field.name]
-        base = next((a for a in get_args(hint) if a is not type(None)), hint)
-        kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": docs.get(field.name)}
-        if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif get_origin(hint) is Literal:
-            kwargs["choices"] = get_args(hint)
-        elif get_origin(base) is tuple:
-            kwargs.update(nargs=len(get_args(base)), type=get_args(base)[0], metavar=("H", "W"))
-        elif get_origin(hint) is dict:
-            flag = "--model-arg"
-            kwargs.update(action="append", metavar="KEY=VALUE", type=_key_value)
-        else:
-            kwargs["type"] = base
-        group.add_argument(flag, **kwargs)
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    try:
-        return parse_assignment(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides: dict[str, Any] = {}
-    for field in dataclasses.fields(TrainConfig):
-        value = getattr(args, field.name)
-        if value is None:
-            continue
-        overrides[field.name] = dict(value) if field.name == "model_args" else value
+    """The training config: --config's file if given, overridden by the flags given."""
+    overrides = flag_overrides(args, TrainConfig)
     if args.config:
         return TrainConfig.from_yaml(args.config, overrides)
     return TrainConfig.from_dict(overrides, source="command line")
 
 
 def _train(args: argparse.Namespace) -> int:
-    import ray
-
-    from raysight.cluster import connect
+    cfg = _config_from_args(args)  # first, so a bad setting is refused before Ray loads
+    from raysight.cluster import connected
     from raysight.train.trainer import train
 
-    cfg = _config_from_args(args)
-    started = connect(metrics_port=args.metrics_port)
-    try:
+    with connected(metrics_port=args.metrics_port):
         outcome = train(cfg)
-    finally:
-        if started:
-            ray.shutdown()
     metrics = outcome.manifest.metrics
     print(f"checkpoint: {outcome.checkpoint}")
     print(
@@ -247,68 +205,74 @@ def _confusion_table(confusion: np.ndarray, names: Sequence[str], recall: np.nda
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
-    import signal
-    import threading
-    from pathlib import Path
+    # First, so a bad setting is refused before a cluster starts.
+    settings = _settings_from_args(args)
+    from raysight.cluster import check_port_free, connected
 
+    if not os.environ.get("RAY_ADDRESS"):  # a local cluster: its ports are on this machine
+        check_port_free(args.grpc_port, "stop it, or pick another port with --grpc-port")
+        check_port_free(args.http_port, "stop it, or pick another port with --http-port")
     if args.ingress == "haproxy":
         # Read by Serve's controller, which the local cluster starts with this environment.
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-    import ray
     from ray import serve
 
-    from raysight.cluster import connect
     from raysight.serve import runner
-    from raysight.serve.settings import ServeSettings
 
-    checkpoint = (
-        args.checkpoint if "://" in args.checkpoint else str(Path(args.checkpoint).resolve())
-    )
-    settings = ServeSettings(
-        checkpoint=checkpoint,
-        model_name=args.model_name,
-        max_batch_size=args.max_batch_size,
-        batch_wait_timeout_s=args.batch_wait_ms / 1000,
-    )
     stop = threading.Event()
     # Both stop serving (Kubernetes sends SIGTERM); handled here rather than relying on the
     # inherited disposition, which a shell leaves at "ignore" for background jobs.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    started = connect(metrics_port=args.metrics_port)
-    try:
-        config = runner.serve_config(
-            settings,
-            grpc_port=args.grpc_port,
-            http_port=args.http_port,
-            replicas=args.replicas,
-            num_gpus=args.num_gpus,
-        )
-        runner.deploy(config)
-        print(f"serving {checkpoint} on gRPC port {args.grpc_port} ({args.ingress} ingress)")
-        if args.demo:
-            _demo(checkpoint, args.grpc_port, args.demo)
-        if started:
-            print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics")
-        print("Ctrl-C stops", flush=True)
-        while not stop.wait(1.0):
-            pass
-    finally:
-        if started:
-            # Our own cluster: stopping it takes Serve, its replicas and HAProxy with it. (A
-            # terminal's Ctrl-C also reaches Ray's processes, so serve.shutdown() could wait
-            # forever on a controller that is already gone.)
-            ray.shutdown()
-        else:
-            serve.delete(runner.APP_NAME)  # someone else's cluster: remove only our app
+    with connected(metrics_port=args.metrics_port) as started:
+        try:
+            _serve_until_stopped(args, settings, stop, local=started)
+        finally:
+            if not started:
+                serve.delete(runner.APP_NAME)  # someone else's cluster: remove only our app
+    # Our own cluster stopped as the block ended, taking Serve, its replicas and HAProxy with
+    # it. (A terminal's Ctrl-C also reaches Ray's processes, so serve.shutdown() could wait
+    # forever on a controller that is already gone.)
     return 0
+
+
+def _serve_until_stopped(
+    args: argparse.Namespace, settings: ServeSettings, stop: threading.Event, *, local: bool
+) -> None:
+    from raysight.serve import runner
+
+    checkpoint = settings.checkpoint
+    config = runner.serve_config(
+        settings,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        replicas=args.replicas,
+        num_gpus=args.num_gpus,
+    )
+    runner.deploy(config)
+    print(f"serving {checkpoint} on gRPC port {args.grpc_port} ({args.ingress} ingress)")
+    if args.demo:
+        _demo(checkpoint, args.grpc_port, args.demo)
+    if local:
+        print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics")
+    print("Ctrl-C stops", flush=True)
+    while not stop.wait(1.0):
+        pass
+
+
+def _settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    """The serving settings given as flags; the class supplies the defaults."""
+    values = flag_overrides(args, ServeSettings)
+    checkpoint = values["checkpoint"]
+    # Replicas may run in another working directory: hand them an absolute path. (An empty
+    # one stays empty, for ServeSettings to refuse rather than to become the current one.)
+    if checkpoint and "://" not in checkpoint:
+        values["checkpoint"] = str(Path(checkpoint).resolve())
+    return ServeSettings.from_dict(values, source="command line")
 
 
 def _demo(checkpoint: str, port: int, count: int) -> None:
     """Write `count` test images as PNG files and classify them through the gRPC API."""
-    from pathlib import Path
-
     from PIL import Image
 
     from raysight.checkpoint import read_manifest
@@ -333,8 +297,6 @@ def _demo(checkpoint: str, port: int, count: int) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import grpc
 
     from raysight.client import ImageClient

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
 import re
-import select
 import signal
-import struct
 import subprocess
 import sys
-import termios
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +16,7 @@ from raysight.checkpoint import verify_checkpoint
 from raysight.data import load_arrays
 from tests.conftest import REPO, RayCluster, free_port
 from tests.integration.serving import digits_checkpoint, png, wait_serving
+from tests.integration.terminal import run_on_terminal, screen
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -77,55 +72,8 @@ def test_train_then_evaluate_commands(ray_cluster: RayCluster, tmp_path: Path) -
     assert f"accuracy {manifest.metrics['test_accuracy']:.4f}" in table.stdout
 
 
-def _run_on_terminal(argv: list[str], env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
-    """Run `argv` with stdin, stdout and stderr on a 120-column pseudo-terminal, as a person
-    at a shell would; returns the exit code and everything the terminal received."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
-    process = subprocess.Popen(
-        argv, cwd=REPO, env=env, stdin=follower, stdout=follower, stderr=follower
-    )
-    os.close(follower)
-    received = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if select.select([leader], [], [], 1.0)[0]:
-                try:
-                    chunk = os.read(leader, 65536)
-                except OSError:  # EIO: every holder of the terminal has closed it
-                    break
-                if not chunk:
-                    break
-                received += chunk
-        return process.wait(timeout=30), received.decode(errors="replace")
-    finally:
-        process.kill()
-        os.close(leader)
-
-
-def _screen(received: str) -> list[str]:
-    """The lines left on screen: carriage returns rewrite, ESC[K clears, colours dropped."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", received)
-    lines, column = [""], 0
-    for token in re.findall(r"\x1b\[K|\r|\n|[^\r\n\x1b]+|\x1b", text):
-        if token == "\x1b[K":
-            lines[-1] = lines[-1][:column]
-        elif token == "\r":
-            column = 0
-        elif token == "\n":
-            lines.append("")
-            column = 0
-        else:
-            line = lines[-1]
-            lines[-1] = line[:column] + token + line[column + len(token) :]
-            column += len(token)
-    return lines
-
-
 def test_train_draws_a_progress_bar_on_a_terminal(ray_cluster: RayCluster, tmp_path: Path) -> None:
-    code, received = _run_on_terminal(
+    code, received = run_on_terminal(
         [
             str(BIN / "raysight"),
             "train",
@@ -140,6 +88,7 @@ def test_train_draws_a_progress_bar_on_a_terminal(ray_cluster: RayCluster, tmp_p
             "--storage-path",
             str(tmp_path / "storage"),
         ],
+        REPO,
         _env(ray_cluster),
     )
     assert code == 0, received[-3000:]
@@ -149,12 +98,12 @@ def test_train_draws_a_progress_bar_on_a_terminal(ray_cluster: RayCluster, tmp_p
     assert frames, received[-3000:]
     assert all(int(step) <= int(steps) for _, step, steps in frames)
     assert ("6", frames[-1][2], frames[-1][2]) in frames  # the last epoch seen to its end
-    screen = _screen(received)
+    lines = screen(received)
     # Worker lines reach the terminal as text, one to a line; no frame is left on screen,
     # neither glued to a log line nor after the run.
-    assert any(re.search(r"INFO epoch 6/6  loss", line) for line in screen), screen[-20:]
-    assert not any("█" in line or "░" in line for line in screen), screen[-20:]
-    assert screen[-2].startswith("epoch ") and "test accuracy" in screen[-2]
+    assert any(re.search(r"INFO epoch 6/6  loss", line) for line in lines), lines[-20:]
+    assert not any("█" in line or "░" in line for line in lines), lines[-20:]
+    assert lines[-2].startswith("epoch ") and "test accuracy" in lines[-2]
 
 
 def test_bad_input_fails_cleanly_without_a_traceback(tmp_path: Path) -> None:

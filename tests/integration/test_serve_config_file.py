@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from raysight.client import ImageClient
+from raysight.cluster import short_temp_dir
 from raysight.data import load_arrays
 from tests.conftest import REPO, free_port
 from tests.integration.serving import digits_checkpoint, png, wait_serving
@@ -31,7 +33,10 @@ def test_serve_run_with_the_repository_config(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
-    env["RAY_TMPDIR"] = str(REPO / ".tmp")  # this `serve run` starts its own cluster
+    # This `serve run` starts its own cluster: give it a private temp dir whose path leaves
+    # room for Ray's unix sockets, wherever the checkout is.
+    ray_tmp = short_temp_dir("rs-serve-run-")
+    env["RAY_TMPDIR"] = str(ray_tmp)
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "serve"), "run", str(path)],
         cwd=REPO,
@@ -53,6 +58,7 @@ def test_serve_run_with_the_repository_config(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _first_test_digit() -> np.ndarray:
