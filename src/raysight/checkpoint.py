@@ -252,6 +252,7 @@ def save_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
     manifest: Manifest,
     train_state: TrainState | None = None,
+    log_level: int = logging.INFO,
 ) -> Path:
     """Write a checkpoint atomically, replacing any checkpoint already at ``directory``.
 
@@ -267,6 +268,8 @@ def save_checkpoint(
             ``module.`` prefix).
         manifest: Built with ``Manifest.new``; its hash fields are filled in here.
         train_state: Optimizer and scheduler state for resuming, if wanted.
+        log_level: Level of the "saved checkpoint" line; the training loop saves every epoch
+            and passes ``logging.DEBUG`` so that its epoch line alone reaches the console.
 
     Returns:
         The checkpoint directory.
@@ -297,7 +300,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("saved checkpoint %s (epoch %d)", target, manifest.epoch)
+    logger.log(log_level, "saved checkpoint %s (epoch %d)", target, manifest.epoch)
     return target
 
 

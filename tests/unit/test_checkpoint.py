@@ -3,6 +3,7 @@
 import ast
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -606,3 +607,17 @@ def test_checkpoint_module_never_unpickles() -> None:
             torch_calls.add(node.attr)
     assert not imported & {"pickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal"}
     assert not torch_calls & {"load", "save"}
+
+
+def test_the_saved_line_logs_at_the_callers_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The training loop saves every epoch at DEBUG; the final checkpoint stays at INFO.
+    lines: list[tuple[int, str]] = []
+    monkeypatch.setattr(
+        ckpt.logger, "log", lambda level, msg, *args: lines.append((level, msg % args))
+    )
+    _save(tmp_path / "epoch", _model(), log_level=logging.DEBUG)
+    _save(tmp_path / "final", _model())
+    assert [level for level, _ in lines] == [logging.DEBUG, logging.INFO]
+    assert lines[1][1] == f"saved checkpoint {tmp_path / 'final'} (epoch 3)"

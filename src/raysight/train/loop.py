@@ -6,6 +6,7 @@ the same number of times, as Ray Train requires.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -35,8 +36,9 @@ from raysight.errors import RaysightError
 from raysight.logs import setup_logging
 from raysight.models import build_model
 from raysight.train.allocator import retain_freed_memory
+from raysight.train.epoch import EpochStats, EpochTimes, log_epoch, report_metrics
 from raysight.train.feeds import ArrayFeed, Feed, RayDataFeed
-from raysight.train.metrics import EpochStats, TrainMetrics
+from raysight.train.metrics import TrainMetrics
 from raysight.train.progress import ProgressPoster
 from raysight.train.schedule import lr_at
 from raysight.train.step import EpochSums, Preparation, Stepper, build_optimizer
@@ -65,13 +67,14 @@ class WorkerPlan:
     arrays: dict[str, tuple[ray.ObjectRef, ray.ObjectRef]] | None
     rows: dict[str, int] = field(default_factory=dict)  # split -> rows, for Ray Data step counts
     log_json: bool = False  # the driver's choice, so worker lines read like its own
+    log_level: int = logging.INFO  # the driver's threshold (-q, -v), applied in every worker
     progress: Any = None  # ActorHandle[ProgressBoard] when the driver draws a bar, else None
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point; `loop_config` is {"plan": WorkerPlan}."""
     plan: WorkerPlan = loop_config["plan"]
-    setup_logging(json_lines=plan.log_json)
+    setup_logging(plan.log_level, json_lines=plan.log_json)
     retain_freed_memory()
     cfg = TrainConfig.from_dict(plan.config)
     context = ray.train.get_context()
@@ -125,6 +128,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_start = time.perf_counter()
 
     for epoch in range(start_epoch, cfg.epochs):
+        epoch_start = time.perf_counter()
         train_sums = stepper.train_epoch(
             train_feed.epoch(epoch),
             lr_for_step,
@@ -140,33 +144,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 f"lower lr (now {cfg.lr}) or raise warmup_fraction"
             )
         best = max(best, stats.val_accuracy)
-        report = {
-            "epoch": stats.epoch,
-            "train_loss": stats.train_loss,
-            "train_accuracy": stats.train_accuracy,
-            "val_loss": stats.val_loss,
-            "val_accuracy": stats.val_accuracy,
-            "samples_per_second": stats.samples_per_second,
-            "epoch_seconds": stats.seconds,
-            "resumed_from_epoch": start_epoch,
-        }
         if rank != 0:
-            ray.train.report(report)
+            elapsed = time.perf_counter() - epoch_start
+            times = EpochTimes.of(stats, checkpoint=0.0, report=0.0, wall=elapsed)
+            ray.train.report(report_metrics(stats, times, start_epoch))
             continue
         assert metrics is not None
-        metrics.record(stats)
-        _log_epoch(stats, cfg.epochs, (time.perf_counter() - run_start) / (epoch + 1 - start_epoch))
-        with tempfile.TemporaryDirectory(prefix="raysight-ckpt-") as tmp:
-            path = _save(
-                Path(tmp) / "checkpoint",
-                plan=plan,
-                cfg=cfg,
-                model=model,
-                optimizer=optimizer,
-                stats=stats,
-                best=best,
-            )
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(path))
+        times = _save_and_report(
+            epoch_start,
+            plan=plan,
+            cfg=cfg,
+            model=model,
+            optimizer=optimizer,
+            stats=stats,
+            best=best,
+            start_epoch=start_epoch,
+        )
+        metrics.record(stats, times)
+        elapsed = time.perf_counter() - run_start
+        log_epoch(stats, times, cfg.epochs, elapsed / (epoch + 1 - start_epoch))
 
 
 def _feeds(plan: WorkerPlan, rank: int, world: int, batch: int, seed: int) -> tuple[Feed, Feed]:
@@ -214,17 +210,24 @@ def _resume(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, fl
 
 
 def _global_stats(epoch: int, train: EpochSums, val: EpochSums, device: torch.device) -> EpochStats:
-    """Sum the per-rank totals across the group (one collective per epoch)."""
+    """Sum the per-rank totals and take the slowest rank's times (one collective of each)."""
     totals = torch.tensor(
         [train.loss, train.correct, train.samples, val.loss, val.correct, val.samples],
         dtype=torch.float64,
         device=device,
     )
-    seconds = torch.tensor([train.seconds], dtype=torch.float64, device=device)
+    seconds = torch.tensor(
+        [train.seconds, train.wait_seconds, val.seconds, val.wait_seconds],
+        dtype=torch.float64,
+        device=device,
+    )
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
-        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+        # The slowest rank sets the pace; and since DDP steps in lockstep, a rank starved of
+        # data holds every rank up, so the longest wait is the one the run pays.
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
     t_loss, t_correct, t_n, v_loss, v_correct, v_n = totals.tolist()
+    t_seconds, t_wait, v_seconds, v_wait = seconds.tolist()
     return EpochStats(
         epoch=epoch,
         train_loss=t_loss / max(t_n, 1),
@@ -232,8 +235,60 @@ def _global_stats(epoch: int, train: EpochSums, val: EpochSums, device: torch.de
         val_loss=v_loss / max(v_n, 1),
         val_accuracy=v_correct / max(v_n, 1),
         samples=int(t_n),
-        seconds=float(seconds.item()),
+        seconds=t_seconds,
+        train_wait_seconds=t_wait,
+        val_seconds=v_seconds,
+        val_wait_seconds=v_wait,
     )
+
+
+def _save_and_report(
+    epoch_start: float,
+    *,
+    plan: WorkerPlan,
+    cfg: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stats: EpochStats,
+    best: float,
+    start_epoch: int,
+) -> EpochTimes:
+    """Rank 0's end of an epoch: write the checkpoint and report it with the metrics.
+
+    Args:
+        epoch_start: `time.perf_counter()` when the epoch began.
+        plan: the run's resolved settings (model arguments, preprocessing, classes).
+        cfg: the training config, recorded in the manifest.
+        model: the unwrapped model, whose weights are saved.
+        optimizer: its state is saved for resuming.
+        stats: the epoch's global metrics.
+        best: the best validation accuracy so far, saved for resuming.
+        start_epoch: the epoch this attempt resumed from (0: a fresh run).
+
+    Returns:
+        Where the epoch's wall time went, up to the end of the report.
+    """
+    with tempfile.TemporaryDirectory(prefix="raysight-ckpt-") as tmp:
+        saving = time.perf_counter()
+        path = _save(
+            Path(tmp) / "checkpoint",
+            plan=plan,
+            cfg=cfg,
+            model=model,
+            optimizer=optimizer,
+            stats=stats,
+            best=best,
+        )
+        saved = time.perf_counter()
+        # A report cannot carry its own duration: the times it carries stop where it starts.
+        times = EpochTimes.of(
+            stats, checkpoint=saved - saving, report=0.0, wall=saved - epoch_start
+        )
+        checkpoint = ray.train.Checkpoint.from_directory(path)
+        ray.train.report(report_metrics(stats, times, start_epoch), checkpoint=checkpoint)
+        reported = time.perf_counter()
+    done = time.perf_counter()  # removing the temporary folder lands in "other"
+    return dataclasses.replace(times, report=reported - saved, wall=done - epoch_start)
 
 
 def _save(
@@ -269,21 +324,11 @@ def _save(
         epoch=stats.epoch,
         extra={"best_val_accuracy": best},
     )
-    return save_checkpoint(directory, state_dict=state, manifest=manifest, train_state=train_state)
-
-
-def _log_epoch(stats: EpochStats, epochs: int, seconds_per_epoch: float) -> None:
-    left = seconds_per_epoch * (epochs - stats.epoch)
-    logger.info(
-        "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.0f samples/s  "
-        "%.1fs  ~%.0fs left",
-        stats.epoch,
-        epochs,
-        stats.train_loss,
-        stats.train_accuracy,
-        stats.val_loss,
-        stats.val_accuracy,
-        stats.samples_per_second,
-        stats.seconds,
-        left,
+    # DEBUG: a line per epoch about a temporary folder is noise beside the epoch line.
+    return save_checkpoint(
+        directory,
+        state_dict=state,
+        manifest=manifest,
+        train_state=train_state,
+        log_level=logging.DEBUG,
     )

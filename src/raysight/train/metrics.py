@@ -7,28 +7,11 @@ both bounded by the number of runs, never per step or per sample.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ray.util import metrics
 
+from raysight.train.epoch import EpochStats, EpochTimes
+
 _TAGS = ("run", "model")
-
-
-@dataclass(frozen=True)
-class EpochStats:
-    """What one epoch measured, summed over all ranks."""
-
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    samples: int
-    seconds: float  # training time only; evaluation is excluded from throughput
-
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
 class TrainMetrics:
@@ -43,8 +26,19 @@ class TrainMetrics:
         )
         self._epoch_seconds = metrics.Gauge(
             "raysight_train_epoch_seconds",
-            description="Wall time of the last epoch's training steps.",
+            description="Wall time of the last epoch's training pass, data wait included.",
             tag_keys=_TAGS,
+        )
+        self._wall_seconds = metrics.Gauge(
+            "raysight_train_epoch_wall_seconds",
+            description="Wall time of the last epoch: training, validation, checkpoint, report.",
+            tag_keys=_TAGS,
+        )
+        self._phase_seconds = metrics.Gauge(
+            "raysight_train_phase_seconds",
+            description="Where the last epoch's wall time went, by phase (train, data_wait, "
+            "val, checkpoint, report, other).",
+            tag_keys=(*_TAGS, "phase"),
         )
         self._loss = metrics.Gauge(
             "raysight_train_loss",
@@ -67,10 +61,13 @@ class TrainMetrics:
             tag_keys=_TAGS,
         )
 
-    def record(self, stats: EpochStats) -> None:
+    def record(self, stats: EpochStats, times: EpochTimes) -> None:
         """Publish one epoch's numbers."""
         self._throughput.set(stats.samples_per_second, tags=self._tags)
         self._epoch_seconds.set(stats.seconds, tags=self._tags)
+        self._wall_seconds.set(times.wall, tags=self._tags)
+        for phase, seconds in {**times.parts(), "other": times.other}.items():
+            self._phase_seconds.set(seconds, tags={**self._tags, "phase": phase})
         for split, loss, acc in (
             ("train", stats.train_loss, stats.train_accuracy),
             ("val", stats.val_loss, stats.val_accuracy),

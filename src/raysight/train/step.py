@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +36,29 @@ class EpochSums:
     loss: float
     correct: int
     samples: int
-    seconds: float
+    seconds: float  # wall time of the whole pass, data wait included
+    wait_seconds: float  # the part of `seconds` spent blocked on the feed for the next batch
+
+
+class WaitClock(Iterator[tuple[torch.Tensor, torch.Tensor]]):
+    """Yields the batches of an iterable and adds up the time spent waiting for each.
+
+    The wait is host time blocked in the feed's `next()`: reading and decoding, or for a
+    Ray Data stream, its executor starting up and falling behind. On a GPU, kernels queued
+    by the previous step may still run meanwhile, so there it bounds the device's idle time
+    from above rather than measuring it.
+    """
+
+    def __init__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._batches = iter(batches)
+        self.seconds = 0.0
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        start = time.perf_counter()
+        try:
+            return next(self._batches)
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 class Stepper:
@@ -123,7 +145,8 @@ class Stepper:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         samples = 0
         start = time.perf_counter()
-        for i, (images, labels) in enumerate(batches):
+        waited = WaitClock(batches)
+        for i, (images, labels) in enumerate(waited):
             batch_loss, batch_correct = self.train_batch(
                 images, labels, lr_for_step(first_step + i)
             )
@@ -133,7 +156,8 @@ class Stepper:
             if on_step is not None:
                 on_step(i + 1)
         loss_total, correct_total = loss.item(), int(correct.item())  # one host sync per epoch
-        return EpochSums(loss_total, correct_total, samples, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        return EpochSums(loss_total, correct_total, samples, seconds, waited.seconds)
 
     def evaluate(
         self, model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -144,12 +168,15 @@ class Stepper:
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         samples = 0
         start = time.perf_counter()
-        for images, labels in batches:
+        waited = WaitClock(batches)
+        for images, labels in waited:
             batch_loss, batch_correct = self.eval_batch(model, images, labels)
             loss += batch_loss
             correct += batch_correct
             samples += len(labels)
-        return EpochSums(loss.item(), int(correct.item()), samples, time.perf_counter() - start)
+        loss_total, correct_total = loss.item(), int(correct.item())
+        seconds = time.perf_counter() - start
+        return EpochSums(loss_total, correct_total, samples, seconds, waited.seconds)
 
 
 def build_optimizer(
