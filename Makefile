@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Ray workers default to nice 15, which starves them on a small machine next to the driver.
 export RAY_worker_niceness := 0
+# Ray 2.60 clusters use token authentication; Ray reads the mode once, when it is imported.
+export RAY_AUTH_MODE ?= token
 # Extra flags for `raysight serve` in `make run`, e.g. SERVE_FLAGS="--grpc-port 9100".
 SERVE_FLAGS ?=
 

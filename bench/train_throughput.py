@@ -24,12 +24,12 @@ import torch
 
 from raysight.cluster import connected
 from raysight.config import TrainConfig
-from raysight.models import build_model, resolve_kwargs
+from raysight.models import build_model
 from raysight.train.allocator import retain_freed_memory
 from raysight.train.feeds import ArrayFeed
 from raysight.train.schedule import lr_at
 from raysight.train.step import Stepper, build_optimizer
-from raysight.train.trainer import preparation, prepare_data, train
+from raysight.train.trainer import preparation, prepare, train
 
 _SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared/datasets/mnist"
 
@@ -39,17 +39,11 @@ def plain_loop(cfg: TrainConfig, threads: int) -> float:
     retain_freed_memory()  # as every Ray Train worker does, so that only Ray differs
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
-    data = prepare_data(cfg)
+    prepared = prepare(cfg)
+    data = prepared.data
     assert data.arrays is not None
     train_set = data.arrays["train"]
-    kwargs = resolve_kwargs(
-        cfg.model,
-        in_channels=data.input_shape[0],
-        num_classes=len(data.class_names),
-        image_size=data.input_shape[1:],
-        **cfg.model_args,
-    )
-    model = build_model(cfg.model, **kwargs)
+    model = build_model(cfg.model, **prepared.model_kwargs)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     stepper = Stepper(model, optimizer, torch.device("cpu"), preparation(cfg, data), seed=cfg.seed)
     feed = ArrayFeed(

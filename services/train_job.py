@@ -18,7 +18,7 @@ from raysight.cluster import connected
 from raysight.config import TrainConfig, parse_assignment
 from raysight.errors import ConfigError
 from raysight.logs import setup_logging
-from raysight.train.trainer import train
+from raysight.train.trainer import prepare, train
 
 logger = logging.getLogger("raysight.train_job")
 
@@ -37,8 +37,9 @@ def main() -> int:
     args = parser.parse_args()
     setup_logging()
     cfg = TrainConfig.from_yaml(args.config, dict(args.overrides))
+    prepared = prepare(cfg)  # the data and model checked before joining the cluster
     with connected():
-        outcome = train(cfg)
+        outcome = train(cfg, prepared)
     # The last line is machine-readable, for whoever reads the job's logs.
     logger.info(
         "result %s",

@@ -144,10 +144,11 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)  # first, so a bad setting is refused before Ray loads
     from raysight.cluster import connected
-    from raysight.train.trainer import train
+    from raysight.train.trainer import prepare, train
 
+    prepared = prepare(cfg)  # and the data and model too, before a cluster starts
     with connected(metrics_port=args.metrics_port):
-        outcome = train(cfg)
+        outcome = train(cfg, prepared)
     metrics = outcome.manifest.metrics
     print(f"checkpoint: {outcome.checkpoint}")
     print(

@@ -84,6 +84,9 @@ def connected(
             check_port_free(metrics_port, "stop it, or pick another port with --metrics-port")
         if dashboard_port:
             check_port_free(dashboard_port, "stop it, or pick another dashboard port")
+        # A run that died left its record in a kept RAYSIGHT_RAY_TMPDIR: ray.init would read
+        # it and spend minutes trying to join that dead cluster instead of starting one.
+        _address_file(temp_dir).unlink(missing_ok=True)
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=True,
@@ -95,7 +98,7 @@ def connected(
             logging_level=ray_level,
         )
         try:
-            _record_address(temp_dir)
+            _address_file(temp_dir).write_text(ray.get_runtime_context().gcs_address)
             route_worker_lines(verbosity, _json_lines(json_lines))
             logger.info(
                 "started a local Ray cluster with %s CPUs; dashboard http://%s",
@@ -105,6 +108,7 @@ def connected(
             yield True
         finally:
             ray.shutdown()
+            _address_file(temp_dir).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -138,12 +142,11 @@ def _local_files() -> Iterator[Path]:
             shutil.rmtree(base, ignore_errors=True)
 
 
-def _record_address(temp_dir: Path) -> None:
-    """Name the cluster in its temp dir, where its own processes look for it."""
+def _address_file(temp_dir: Path) -> Path:
+    """Where the cluster is named for its own processes (`ray_current_cluster`)."""
     from ray._common.utils import get_ray_address_file
 
-    gcs_address = ray.get_runtime_context().gcs_address
-    Path(get_ray_address_file(str(temp_dir))).write_text(gcs_address)
+    return Path(get_ray_address_file(str(temp_dir)))
 
 
 def _json_lines(json_lines: bool | None) -> bool:

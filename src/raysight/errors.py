@@ -10,7 +10,7 @@ class DataError(RaysightError, ValueError):
 
 
 class CheckpointError(RaysightError, ValueError):
-    """A checkpoint is missing, tampered with, truncated or of an unknown format."""
+    """A checkpoint is missing, corrupted, truncated or of an unknown format."""
 
 
 class ConfigError(RaysightError, ValueError):

@@ -76,7 +76,7 @@ def dataset_batches(
         yield from array_batches(split_data.images, split_data.labels, batch_size)
         return
     if data_dir is None:
-        raise ConfigError("data_dir is required for the imagefolder dataset")
+        raise ConfigError("imagefolder needs a data directory: pass --data-dir DIR")
     index = imagefolder.scan(data_dir, split)
     _check_classes(index.class_names, manifest, f"{data_dir}/{split}")
     for start in range(0, len(index.paths), batch_size):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import raysight
 from raysight import cli
@@ -159,3 +160,24 @@ def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert "convnet" in out and "resnet18" in out
+
+
+def test_train_checks_data_and_model_before_any_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raysight import cluster
+
+    def no_cluster(**_: object) -> None:
+        raise AssertionError("a Ray cluster was started before the data was checked")
+
+    monkeypatch.setattr(cluster, "connected", no_cluster)
+    for name in ("cats", "dogs"):  # class folders where train/ and test/ should be
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "0.png")
+    argv = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path)]
+    assert cli.main([*argv, "--image-size", "32", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"move them into {tmp_path}/train/" in err
+    # The convnet's unpadded convolutions cannot take the 8x8 digits.
+    assert cli.main(["train", "--model-arg", "padding=valid"]) == 2
+    assert "too small for convnet" in capsys.readouterr().err

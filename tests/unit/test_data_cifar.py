@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import struct
 from pathlib import Path
 from typing import Any, ClassVar
@@ -191,3 +192,32 @@ def test_bad_meta_is_named(tmp_path: Path) -> None:
     (tmp_path / "batches.meta").write_bytes(_py2_pickle({b"label_names": LABEL_NAMES[:9]}))
     with pytest.raises(DataError, match=r"batches\.meta"):
         load_cifar10(str(tmp_path), "test")
+
+
+def test_batches_two_levels_down_are_pointed_at(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    _write_cifar(folder)
+    with pytest.raises(DataError) as caught:
+        load_cifar10(str(tmp_path), "train")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path}: no CIFAR-10 batches")
+    assert message.endswith(
+        f"found them in {folder}: set the data directory (--data-dir) to {folder}"
+    )
+
+
+def test_an_unextracted_archive_is_named(tmp_path: Path) -> None:
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with pytest.raises(
+        DataError, match=re.escape(f"extract the archive first: tar -xzf {archive} -C {tmp_path}")
+    ):
+        load_cifar10(str(tmp_path), "test")
+
+
+def test_an_image_folder_is_told_to_use_imagefolder(tmp_path: Path) -> None:
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(
+        DataError, match=r"train looks like an image folder: use --dataset imagefolder$"
+    ):
+        load_cifar10(str(tmp_path), "train")

@@ -73,3 +73,32 @@ def test_list_dir_is_sorted_and_flags_directories(tmp_path: Path) -> None:
 def test_list_dir_names_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nowhere"):
         fs.list_dir(str(tmp_path / "nowhere"))
+
+
+def _has_meta(entries: dict[str, bool]) -> bool:
+    return entries.get("meta") is False  # a file named "meta"
+
+
+def test_find_below_returns_the_nearest_match(tmp_path: Path) -> None:
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    (tmp_path / "a" / "deep" / "meta").write_text("")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "meta").write_text("")
+    assert fs.find_below(str(tmp_path), _has_meta) == str(tmp_path / "b")  # breadth first
+
+
+def test_find_below_skips_root_hidden_folders_and_depth(tmp_path: Path) -> None:
+    (tmp_path / "meta").write_text("")  # the root itself is not "below"
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "meta").write_text("")
+    (tmp_path / "x" / "y" / "z").mkdir(parents=True)
+    (tmp_path / "x" / "y" / "z" / "meta").write_text("")
+    assert fs.find_below(str(tmp_path), _has_meta) is None
+    assert fs.find_below(str(tmp_path), _has_meta, depth=3) == str(tmp_path / "x" / "y" / "z")
+
+
+def test_find_below_lists_a_bounded_number_of_folders(tmp_path: Path) -> None:
+    for i in range(80):
+        (tmp_path / f"{i:02d}").mkdir()
+    (tmp_path / "79" / "meta").write_text("")
+    assert fs.find_below(str(tmp_path), _has_meta) is None  # folder 79 is past the limit

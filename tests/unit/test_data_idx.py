@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,26 @@ def test_missing_files_name_the_expected_files(tmp_path: Path) -> None:
     _write_split(tmp_path, "train", *_sample(4))
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte nor t10k-images-idx3-ubyte\.gz"):
         load_idx(str(tmp_path), "test")
+
+
+@pytest.mark.parametrize("nested", ["mnist", "MNIST/raw"])
+def test_files_one_or_two_levels_down_are_pointed_at(tmp_path: Path, nested: str) -> None:
+    folder = tmp_path / nested
+    folder.mkdir(parents=True)
+    _write_split(folder, "train", *_sample(3))
+    with pytest.raises(DataError) as caught:
+        load_idx(str(tmp_path), "train")
+    assert str(caught.value) == (
+        f"{tmp_path}: no train-images-idx3-ubyte[.gz] here, but {folder} holds it: "
+        f"set the data directory (--data-dir) to {folder}"
+    )
+
+
+def test_no_files_anywhere_suggests_the_download(tmp_path: Path) -> None:
+    with pytest.raises(
+        DataError, match=re.escape(f"raysight data download fashion-mnist --to {tmp_path}")
+    ):
+        load_idx(str(tmp_path), "train", "fashion-mnist")
 
 
 def test_missing_root_is_named(tmp_path: Path) -> None:

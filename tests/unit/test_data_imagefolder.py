@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from raysight.data import load_arrays
-from raysight.data.imagefolder import decode_image, scan, to_ray_dataset
+from raysight.data.imagefolder import decode_image, image_size_of, scan, to_ray_dataset
 from raysight.data.imagefolder import load_arrays as load_folder_arrays
 from raysight.errors import DataError
 from tests.builders import encode_image
@@ -60,6 +60,90 @@ def test_split_without_classes_is_named(tmp_path: Path) -> None:
     (tmp_path / "val" / "stray.png").write_bytes(b"")
     with pytest.raises(DataError, match=r"val: no class folders"):
         scan(str(tmp_path), "val")
+
+
+def _classes(folder: Path, per_class: int = 2) -> Path:
+    """FOLDER/{cat,dog}/ with a few tiny PNGs each."""
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            (folder / name / f"{i}.png").write_bytes(encode_image(_solid(10 * i), "PNG"))
+    return folder
+
+
+def _layout_error(root: Path, split: str = "train") -> str:
+    with pytest.raises(DataError) as caught:
+        scan(str(root), split)
+    return str(caught.value)
+
+
+def test_class_folders_outside_a_split_are_told_to_move(tmp_path: Path) -> None:
+    _classes(tmp_path)
+    assert _layout_error(tmp_path) == (
+        f"expected {tmp_path}/train/<class>/*.jpg and {tmp_path}/test/<class>/...; "
+        f"found class folders directly under {tmp_path} (cat, dog): "
+        f"move them into {tmp_path}/train/ (and test images into {tmp_path}/test/<class>/)"
+    )
+
+
+def test_the_split_folder_itself_is_told_to_go_up(tmp_path: Path) -> None:
+    split = _classes(tmp_path / "pets" / "train")
+    assert _layout_error(split) == (
+        f"{split} looks like a split folder itself, not the dataset's root: "
+        f"set the data directory (--data-dir) to the folder above it, {tmp_path / 'pets'}"
+    )
+
+
+def test_loose_images_are_told_to_sort_into_classes(tmp_path: Path) -> None:
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(encode_image(_solid(i), "JPEG"))
+    assert _layout_error(tmp_path) == (
+        f"expected {tmp_path}/train/<class>/*.jpg; found 3 images directly under {tmp_path} "
+        f"and no class folders: sort them into {tmp_path}/train/<class>/"
+    )
+
+
+def test_loose_images_in_the_split_are_told_to_sort_into_classes(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "a.png").write_bytes(encode_image(_solid(1), "PNG"))
+    assert _layout_error(tmp_path) == (
+        f"{tmp_path}/train: no class folders; sort its 1 images into {tmp_path}/train/<class>/"
+    )
+
+
+def test_a_dataset_one_level_down_is_pointed_at(tmp_path: Path) -> None:
+    _classes(tmp_path / "jpeg" / "train")  # as `tar -xzf cifar10-jpeg.tar.gz` leaves it
+    assert _layout_error(tmp_path) == (
+        f"expected {tmp_path}/train/<class>/*.jpg; found {tmp_path}/jpeg/train: "
+        f"set the data directory (--data-dir) to {tmp_path}/jpeg"
+    )
+
+
+def test_a_missing_test_split_is_named(tmp_path: Path) -> None:
+    _classes(tmp_path / "train")
+    assert _layout_error(tmp_path, "test") == (
+        f"expected {tmp_path}/test/<class>/*.jpg: the test images score the best checkpoint; "
+        f"found only train under {tmp_path}: add {tmp_path}/test/<class>/ images"
+    )
+
+
+def test_an_empty_root_names_what_is_missing(tmp_path: Path) -> None:
+    assert _layout_error(tmp_path) == (
+        f"expected {tmp_path}/train/<class>/*.jpg; {tmp_path}/train: directory not found"
+    )
+
+
+def test_a_missing_root_is_named(tmp_path: Path) -> None:
+    assert _layout_error(tmp_path / "nowhere") == f"{tmp_path}/nowhere: directory not found"
+
+
+def test_image_size_of_reads_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "wide.png"
+    path.write_bytes(encode_image(_solid(5, size=(12, 30)), "PNG"))
+    assert image_size_of(str(path)) == (12, 30)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"bad\.jpg: not a readable image"):
+        image_size_of(str(tmp_path / "bad.jpg"))
 
 
 def test_empty_class_folder_is_named(tmp_path: Path) -> None:

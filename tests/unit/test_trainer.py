@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from raysight.config import TrainConfig
-from raysight.errors import ConfigError
+from raysight.errors import ConfigError, DataError
 from raysight.train import trainer
+from tests.builders import encode_image
 
 
 def test_a_model_too_big_for_the_images_fails_on_the_driver(
@@ -25,3 +29,47 @@ def test_a_model_too_big_for_the_images_fails_on_the_driver(
     with pytest.raises(ConfigError, match=r"image_size \(8, 8\) is too small for convnet"):
         trainer.train(TrainConfig(dataset="digits", model="convnet"))
     assert reached == []  # refused before the cluster or any worker was asked for anything
+
+
+def _folder(root: Path, classes: dict[str, tuple[str, ...]]) -> Path:
+    """ROOT/<split>/<class>/0.png, one 20x30 PNG per class folder."""
+    pixels = np.zeros((20, 30, 3), dtype=np.uint8)  # (H, W, 3)
+    for split, names in classes.items():
+        for name in names:
+            (root / split / name).mkdir(parents=True)
+            (root / split / name / "0.png").write_bytes(encode_image(pixels, "PNG"))
+    return root
+
+
+def test_a_missing_image_size_names_the_flag_the_key_and_the_first_image(tmp_path: Path) -> None:
+    root = _folder(tmp_path, {"train": ("cat", "dog"), "test": ("cat", "dog")})
+    with pytest.raises(ConfigError) as caught:
+        trainer.prepare_data(TrainConfig(dataset="imagefolder", data_dir=str(root)))
+    assert str(caught.value) == (
+        "imagefolder needs an image size: pass --image-size H W (e.g. --image-size 128 128) "
+        "or set image_size: [128, 128] in the config; "
+        f"the first image, {root}/train/cat/0.png, is 20x30 (H x W)"
+    )
+
+
+@pytest.mark.parametrize("dataset", ["imagefolder", "mnist", "cifar10"])
+def test_a_missing_data_dir_names_the_flag_and_the_key(dataset: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        trainer.prepare_data(TrainConfig(dataset=dataset, image_size=(8, 8)))
+    assert str(caught.value).startswith(
+        f"{dataset} needs a data directory: pass --data-dir DIR or set data_dir: DIR in the config"
+    )
+
+
+def test_a_missing_test_split_stops_before_training(tmp_path: Path) -> None:
+    root = _folder(tmp_path, {"train": ("cat", "dog")})
+    cfg = TrainConfig(dataset="imagefolder", data_dir=str(root), image_size=(8, 8))
+    with pytest.raises(DataError, match=re.escape(f"add {root}/test/<class>/ images")):
+        trainer.prepare_data(cfg)
+
+
+def test_test_classes_must_match_train_classes(tmp_path: Path) -> None:
+    root = _folder(tmp_path, {"train": ("cat", "dog"), "test": ("cat",)})
+    cfg = TrainConfig(dataset="imagefolder", data_dir=str(root), image_size=(8, 8))
+    with pytest.raises(DataError, match=r"test classes \['cat'\] differ from train classes"):
+        trainer.prepare_data(cfg)

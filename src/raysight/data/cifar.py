@@ -95,9 +95,31 @@ def _read_class_names(path: str) -> tuple[str, ...]:
 
 
 def _batch_folder(root: str) -> str:
-    entries = dict(fs.list_dir(root))
-    nested = fs.join(root, SUBFOLDER)
-    return nested if entries.get(nested) else root
+    """`root` or its `cifar-10-batches-py/`, whichever holds the batches."""
+    entries = {fs.name_of(entry): is_dir for entry, is_dir in fs.list_dir(root)}
+    if entries.get(SUBFOLDER):
+        return fs.join(root, SUBFOLDER)
+    if META in entries:
+        return root
+    raise DataError(_no_batches(root, entries))
+
+
+def _no_batches(root: str, entries: dict[str, bool]) -> str:
+    """Why `root` holds no batches, and where they are if that can be seen from here."""
+    message = (
+        f"{root}: no CIFAR-10 batches ({META}, data_batch_1..5, test_batch) here or in {SUBFOLDER}/"
+    )
+    found = fs.find_below(root, lambda below: META in below)
+    if found is not None:
+        return f"{message}; found them in {found}: set the data directory (--data-dir) to {found}"
+    archives = [name for name, is_dir in entries.items() if not is_dir and name.endswith(".tar.gz")]
+    if archives:
+        archive = fs.join(root, archives[0])
+        return f"{message}; extract the archive first: tar -xzf {archive} -C {root}"
+    if entries.get("train"):
+        train = fs.join(root, "train")
+        return f"{message}; {train} looks like an image folder: use --dataset imagefolder"
+    return message
 
 
 def _batches(split: str) -> tuple[str, ...]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
+from collections import deque
+from collections.abc import Callable
 
 import pyarrow
 import pyarrow.fs
@@ -13,6 +16,9 @@ from raysight.errors import DataError
 logger = logging.getLogger(__name__)
 
 _SCHEME_SEP = "://"
+# Folders `find_below` lists at most: on an object store each is a request, and it only
+# runs to word an error message.
+_SEARCH_LIMIT = 64
 
 
 def _is_uri(path: str) -> bool:
@@ -103,3 +109,45 @@ def list_dir(uri: str) -> list[tuple[str, bool]]:
     return [
         (join(uri, info.base_name), info.type == pyarrow.fs.FileType.Directory) for info in infos
     ]
+
+
+def name_of(entry: str) -> str:
+    """The last component of a path or URI from `list_dir`, e.g. "train"."""
+    # list_dir joins entries with "/", both for URIs and for local paths on POSIX.
+    return posixpath.basename(entry.rstrip("/"))
+
+
+def find_below(root: str, holds: Callable[[dict[str, bool]], bool], depth: int = 2) -> str | None:
+    """The nearest folder below `root` whose entries pass `holds`, searched breadth first.
+
+    For messages that name where the data is when the given folder is a level or two too
+    high (an archive extracted into a folder of its own, torchvision's `MNIST/raw/`).
+    Hidden and unreadable folders are skipped.
+
+    Args:
+        root: A URI or a local path of a directory.
+        holds: Takes one folder's entries as {name: is_dir} and says if it is the one.
+        depth: How many levels below `root` to look.
+
+    Returns:
+        The folder's path or URI, or None if none within reach (or within the first
+        `_SEARCH_LIMIT` folders listed) passes.
+    """
+    queue = deque([(root, 0)])
+    listed = 0
+    while queue and listed < _SEARCH_LIMIT:
+        folder, level = queue.popleft()
+        try:
+            entries = list_dir(folder)
+        except DataError:
+            continue
+        listed += 1
+        if level and holds({name_of(entry): is_dir for entry, is_dir in entries}):
+            return folder
+        if level < depth:
+            queue.extend(
+                (entry, level + 1)
+                for entry, is_dir in entries
+                if is_dir and not name_of(entry).startswith(".")
+            )
+    return None

@@ -83,12 +83,22 @@ def _read_maybe_gzipped(path: str) -> bytes:
         raise DataError(f"{path}: cannot decompress gzip data ({exc})") from exc
 
 
-def _find(root: str, stem: str, present: set[str]) -> str:
+def _find(root: str, stem: str, present: set[str], dataset: str) -> str:
     # Prefer the uncompressed file when both exist: it skips a decompression.
-    for name in (stem, f"{stem}.gz"):
-        if name in present:
-            return fs.join(root, name)
-    raise DataError(f"{root}: neither {stem} nor {stem}.gz found")
+    names = (stem, f"{stem}.gz")
+    for file_name in names:
+        if file_name in present:
+            return fs.join(root, file_name)
+    found = fs.find_below(root, lambda entries: any(n in entries for n in names))
+    if found is not None:
+        raise DataError(
+            f"{root}: no {stem}[.gz] here, but {found} holds it: "
+            f"set the data directory (--data-dir) to {found}"
+        )
+    raise DataError(
+        f"{root}: neither {stem} nor {stem}.gz found; "
+        f"`raysight data download {dataset} --to {root}` fetches them"
+    )
 
 
 def load_idx(root: str, split: str, name: str = "mnist") -> ArrayDataset:
@@ -111,8 +121,8 @@ def load_idx(root: str, split: str, name: str = "mnist") -> ArrayDataset:
     class_names = CLASS_NAMES[name]
     present = {entry.rsplit("/", 1)[-1] for entry, is_dir in fs.list_dir(root) if not is_dir}
     prefix = _PREFIX[split]
-    images_path = _find(root, f"{prefix}-images-idx3-ubyte", present)
-    labels_path = _find(root, f"{prefix}-labels-idx1-ubyte", present)
+    images_path = _find(root, f"{prefix}-images-idx3-ubyte", present, name)
+    labels_path = _find(root, f"{prefix}-labels-idx1-ubyte", present, name)
 
     images = parse_idx(_read_maybe_gzipped(images_path), IMAGES_MAGIC, images_path)
     labels = parse_idx(_read_maybe_gzipped(labels_path), LABELS_MAGIC, labels_path)

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
+# Folder names that say "a split", not "a class": a root named so is probably one level low.
+_SPLIT_NAMES: frozenset[str] = frozenset({"train", "test", "val", "valid", "validation"})
+# Subfolders of a wrong root opened to tell class folders from other folders.
+_PEEK_FOLDERS = 3
 # Rows per Ray Data decode task: small enough that a batch of 224x224 RGB images stays
 # around 10 MB, large enough to amortise the per-batch overhead.
 _DECODE_BATCH_SIZE = 64
@@ -49,8 +53,7 @@ class ImageFolderIndex:
 
 
 def _name(entry: str) -> str:
-    # fs.list_dir joins entries with "/", both for URIs and for local paths on POSIX.
-    return posixpath.basename(entry)
+    return fs.name_of(entry)
 
 
 def _is_image(entry: str) -> bool:
@@ -71,16 +74,21 @@ def scan(root: str, split: str) -> ImageFolderIndex:
 
     Raises:
         DataError: If the split folder is missing, has no class folders, or a class folder
-            holds no images. The message names the folder.
+            holds no images. The message names the folder, and for a root one level too
+            high or too low, or class folders outside a split, the fix.
     """
     split_dir = fs.join(root, split)
+    try:
+        split_entries = fs.list_dir(split_dir)
+    except DataError as exc:
+        raise DataError(_wrong_root(root, split, exc)) from exc
     class_dirs = [
-        entry
-        for entry, is_dir in fs.list_dir(split_dir)
-        if is_dir and not _name(entry).startswith(".")
+        entry for entry, is_dir in split_entries if is_dir and not _name(entry).startswith(".")
     ]
     if not class_dirs:
-        raise DataError(f"{split_dir}: no class folders")
+        loose = sum(1 for entry, is_dir in split_entries if not is_dir and _is_image(entry))
+        hint = f"; sort its {loose} images into {split_dir}/<class>/" if loose else ""
+        raise DataError(f"{split_dir}: no class folders{hint}")
     paths: list[str] = []
     labels: list[int] = []
     for label, class_dir in enumerate(class_dirs):
@@ -101,6 +109,60 @@ def scan(root: str, split: str) -> ImageFolderIndex:
         labels=tuple(labels),
         class_names=tuple(_name(d) for d in class_dirs),
     )
+
+
+def _wrong_root(root: str, split: str, missing: DataError) -> str:
+    """Why `root` has no readable `split` folder, worded as the fix where it can be seen."""
+    entries = fs.list_dir(root)  # a missing root raises here, naming the root
+    expected = f"expected {fs.join(root, split)}/<class>/*.jpg"
+    hint = _misplaced(root, split, entries, expected)
+    if hint is not None:
+        return hint
+    found = fs.find_below(root, lambda below: below.get(split) is True)
+    if found is not None:
+        return (
+            f"{expected}; found {fs.join(found, split)}: "
+            f"set the data directory (--data-dir) to {found}"
+        )
+    return f"{expected}; {missing}"
+
+
+def _misplaced(root: str, split: str, entries: list[tuple[str, bool]], expected: str) -> str | None:
+    """The fix when `root`'s own entries show what went wrong, else None."""
+    folders = [entry for entry, is_dir in entries if is_dir and not _name(entry).startswith(".")]
+    names = [_name(entry) for entry in folders]
+    train, test = fs.join(root, "train"), fs.join(root, "test")
+    if _name(root) in _SPLIT_NAMES and folders:
+        parent = posixpath.dirname(root.rstrip("/"))
+        return (
+            f"{root} looks like a split folder itself, not the dataset's root: "
+            f"set the data directory (--data-dir) to the folder above it, {parent}"
+        )
+    if split == "test" and "train" in names:
+        return (
+            f"{expected}: the test images score the best checkpoint; "
+            f"found only {', '.join(names)} under {root}: add {test}/<class>/ images"
+        )
+    if any(_holds_images(folder) for folder in folders[:_PEEK_FOLDERS]):
+        shown = ", ".join(names[:_PEEK_FOLDERS]) + (", ..." if len(names) > _PEEK_FOLDERS else "")
+        return (
+            f"{expected} and {test}/<class>/...; found class folders directly under "
+            f"{root} ({shown}): move them into {train}/ (and test images into {test}/<class>/)"
+        )
+    loose = sum(1 for entry, is_dir in entries if not is_dir and _is_image(entry))
+    if loose:
+        return (
+            f"{expected}; found {loose} images directly under {root} and no class folders: "
+            f"sort them into {fs.join(root, split)}/<class>/"
+        )
+    return None
+
+
+def _holds_images(folder: str) -> bool:
+    try:
+        return any(not is_dir and _is_image(entry) for entry, is_dir in fs.list_dir(folder))
+    except DataError:
+        return False
 
 
 def decode_image(data: bytes, size: tuple[int, int], channels: int, source: str) -> np.ndarray:
@@ -130,6 +192,26 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int, source: str)
             return imaging.to_pixels(opened, size, channels)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{source}: cannot decode image ({exc})") from exc
+
+
+def image_size_of(path: str) -> tuple[int, int]:
+    """The (H, W) of an image file as stored, from its header.
+
+    Args:
+        path: A URI or a local path.
+
+    Returns:
+        Height and width in pixels, before any EXIF rotation.
+
+    Raises:
+        DataError: If the file cannot be read or is not an image Pillow knows.
+    """
+    try:
+        with Image.open(io.BytesIO(fs.read_bytes(path))) as opened:
+            width, height = opened.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from exc
+    return height, width
 
 
 def _decode_files(paths: Sequence[str], size: tuple[int, int], channels: int) -> np.ndarray:

@@ -58,7 +58,7 @@ def load_served_model(checkpoint: str, name: str, device: str) -> ServedModel:
     """Load and verify `checkpoint` (a directory or an s3:// / gs:// URI).
 
     Raises:
-        CheckpointError: missing, tampered, truncated or of an unknown format.
+        CheckpointError: missing, corrupted, truncated or of an unknown format.
     """
     if "://" in checkpoint:
         engine = _load_remote(checkpoint, device)

@@ -36,7 +36,10 @@ class ServeSettings:
     )
     max_batch_size: int = field(
         default=32,
-        metadata=doc("Most images one forward pass takes; requests carrying more are refused."),
+        metadata=doc(
+            "Most requests one forward pass joins, and most images one request may carry "
+            "(a request with more is refused)."
+        ),
     )
     batch_wait_timeout_s: float = field(
         default=0.005,

@@ -28,7 +28,7 @@ from raysight.data import NATURAL_IMAGES, ArrayDataset, load_arrays
 from raysight.data import imagefolder as imagefolder_data
 from raysight.data.transforms import channel_stats
 from raysight.engine import Engine
-from raysight.errors import ConfigError, RaysightError
+from raysight.errors import ConfigError, DataError, RaysightError
 from raysight.evaluate import Evaluation, dataset_batches, evaluate
 from raysight.models import build_model, resolve_kwargs
 from raysight.train.loop import WorkerPlan, train_loop_per_worker
@@ -61,30 +61,33 @@ class TrainOutcome:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Data resolved on the driver, before any worker starts: either in-memory splits
-    (`arrays`) or Ray Data streams (`ray_datasets`), never both."""
+    """Data resolved on the driver, without Ray: either in-memory splits (`arrays`) or the
+    file indexes of an image folder (`indexes`), streamed through Ray Data once training
+    starts; never both."""
 
     input_shape: tuple[int, int, int]
     class_names: tuple[str, ...]
     preprocessing: Preprocessing
     arrays: dict[str, ArrayDataset] | None
-    ray_datasets: dict[str, Any] | None
+    indexes: dict[str, imagefolder_data.ImageFolderIndex] | None
     rows: dict[str, int]
 
 
-def train(cfg: TrainConfig) -> TrainOutcome:
-    """Train on the connected Ray cluster and write the best checkpoint to `cfg.output`.
+@dataclass(frozen=True)
+class PreparedRun:
+    """What `prepare` checked and resolved before a cluster is needed."""
 
-    Args:
-        cfg: the run's configuration.
+    data: PreparedData
+    model_kwargs: dict[str, Any]  # resolved, so every rank builds the same architecture
+
+
+def prepare(cfg: TrainConfig) -> PreparedRun:
+    """Check and resolve a run on the driver, before any Ray cluster is started or joined:
+    the data's layout, the image size, and whether the model takes that input.
 
     Raises:
-        ConfigError, DataError: bad settings or data, before any worker starts.
-        RaysightError: a worker stopped on a raysight error (TrainingDivergedError, a
-            DataError met while streaming) more than `cfg.max_failures` times.
-        ray.train.TrainingFailedError: the workers failed otherwise, as often.
+        ConfigError, DataError: naming what is wrong and the fix.
     """
-    run_name = cfg.run_name or f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     data = prepare_data(cfg)
     model_kwargs = resolve_kwargs(
         cfg.model,
@@ -93,11 +96,30 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         image_size=data.input_shape[1:],
         **cfg.model_args,
     )
-    # Build it once here, without weights, so that a model that cannot take this input
-    # fails now with a ConfigError instead of in every worker after the cluster starts.
+    # Built once here, without weights, so that a model that cannot take this input fails
+    # now with a ConfigError instead of in every worker.
     build_model(cfg.model, **model_kwargs, device="meta")
+    return PreparedRun(data, model_kwargs)
+
+
+def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome:
+    """Train on the connected Ray cluster and write the best checkpoint to `cfg.output`.
+
+    Args:
+        cfg: the run's configuration.
+        prepared: `prepare(cfg)`, when the caller checked the run before connecting.
+
+    Raises:
+        ConfigError, DataError: bad settings or data, before any worker starts.
+        RaysightError: a worker stopped on a raysight error (TrainingDivergedError, a
+            DataError met while streaming) more than `cfg.max_failures` times.
+        ray.train.TrainingFailedError: the workers failed otherwise, as often.
+    """
+    run_name = cfg.run_name or f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    prepared = prepared or prepare(cfg)
+    data, model_kwargs = prepared.data, prepared.model_kwargs
     cpus = cfg.cpus_per_worker or _even_share_of_cpus(
-        cfg.workers, streaming=data.ray_datasets is not None
+        cfg.workers, streaming=data.indexes is not None
     )
     # On a terminal the driver draws a progress bar from rank 0's posts; elsewhere (a job's
     # log, CI) the per-epoch lines are the whole record, as JSON.
@@ -115,6 +137,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
         arrays=_put_arrays(data.arrays) if data.arrays is not None else None,
         rows=data.rows,
         log_json=not on_terminal,
+        log_level=logging.getLogger("raysight").getEffectiveLevel(),
         progress=board,
     )
     storage = cfg.storage_path or str(Path("runs/ray").resolve())
@@ -137,7 +160,7 @@ def train(cfg: TrainConfig) -> TrainOutcome:
                 checkpoint_score_order="max",
             ),
         ),
-        datasets=data.ray_datasets,
+        datasets=_ray_datasets(data),
     )
     logger.info(
         "training %s on %s: %d worker(s) x %g CPU%s, %d epochs, run %s",
@@ -185,21 +208,22 @@ def train(cfg: TrainConfig) -> TrainOutcome:
 def prepare_data(cfg: TrainConfig) -> PreparedData:
     """Load or index the training data, hold out validation, and measure mean/std."""
     if cfg.dataset == "imagefolder":
-        return _prepare_imagefolder(cfg)
-    train_split = load_arrays(cfg.dataset, cfg.data_dir, "train")
+        return _prepare_imagefolder(cfg, _data_dir(cfg))
+    data_dir = None if cfg.dataset == "digits" else _data_dir(cfg)  # digits are built in
+    train_split = load_arrays(cfg.dataset, data_dir, "train")
     if cfg.limit_train:
         train_split = train_split.subset(np.arange(min(cfg.limit_train, len(train_split))))
     train_set, val_set = _hold_out(train_split, cfg)
     if val_set is None:
         # No hold-out requested: validate on the test split, as the user asked.
-        val_set = load_arrays(cfg.dataset, cfg.data_dir, "test")
+        val_set = load_arrays(cfg.dataset, data_dir, "test")
     mean, std = channel_stats(train_set.images)
     return PreparedData(
         input_shape=train_set.image_shape,
         class_names=train_set.class_names,
         preprocessing=Preprocessing(mean=mean, std=std),
         arrays={"train": train_set, "val": val_set},
-        ray_datasets=None,
+        indexes=None,
         rows={"train": len(train_set), "val": len(val_set)},
     )
 
@@ -213,12 +237,42 @@ def _hold_out(split: ArrayDataset, cfg: TrainConfig) -> tuple[ArrayDataset, Arra
     return split.subset(np.sort(order[n_val:])), split.subset(np.sort(order[:n_val]))
 
 
-def _prepare_imagefolder(cfg: TrainConfig) -> PreparedData:
-    if cfg.data_dir is None:
-        raise ConfigError("data_dir is required for the imagefolder dataset")
-    if cfg.image_size is None:
-        raise ConfigError("image_size is required for the imagefolder dataset, e.g. [128, 128]")
-    index = imagefolder_data.scan(cfg.data_dir, "train")
+def _data_dir(cfg: TrainConfig) -> str:
+    """`cfg.data_dir`, which every dataset but the built-in digits needs."""
+    if cfg.data_dir is not None:
+        return cfg.data_dir
+    holding = " holding train/<class>/*.jpg and test/<class>/*.jpg"
+    raise ConfigError(
+        f"{cfg.dataset} needs a data directory: pass --data-dir DIR or set data_dir: DIR in "
+        f"the config (a folder or s3:// URI{holding if cfg.dataset == 'imagefolder' else ''})"
+    )
+
+
+def _image_size(cfg: TrainConfig, first_image: str) -> tuple[int, int]:
+    """`cfg.image_size`, required for image folders, whose images come in any size."""
+    if cfg.image_size is not None:
+        return cfg.image_size
+    message = (
+        "imagefolder needs an image size: pass --image-size H W (e.g. --image-size 128 128) "
+        "or set image_size: [128, 128] in the config"
+    )
+    with contextlib.suppress(DataError):  # the hint is a courtesy; the error stands without it
+        height, width = imagefolder_data.image_size_of(first_image)
+        message += f"; the first image, {first_image}, is {height}x{width} (H x W)"
+    raise ConfigError(message)
+
+
+def _prepare_imagefolder(cfg: TrainConfig, data_dir: str) -> PreparedData:
+    index = imagefolder_data.scan(data_dir, "train")
+    # Listed now, although only the final evaluation reads it (unless it validates): a
+    # missing test split should stop the run before training, not after.
+    test_index = imagefolder_data.scan(data_dir, "test")
+    if test_index.class_names != index.class_names:
+        raise DataError(
+            f"{data_dir}: test classes {list(test_index.class_names)} differ from train "
+            f"classes {list(index.class_names)}; give each class a folder in both"
+        )
+    image_size = _image_size(cfg, index.paths[0])
     if cfg.limit_train:
         index = _index_subset(index, np.arange(min(cfg.limit_train, len(index.paths))))
     order = np.random.default_rng(cfg.seed).permutation(len(index.paths))
@@ -229,27 +283,32 @@ def _prepare_imagefolder(cfg: TrainConfig) -> PreparedData:
             _index_subset(index, order[:n_val]),
         )
     else:
-        train_index, val_index = (
-            _index_subset(index, order),
-            imagefolder_data.scan(cfg.data_dir, "test"),
-        )
+        train_index, val_index = _index_subset(index, order), test_index
     sample = imagefolder_data.load_arrays(
         _index_subset(train_index, np.arange(min(_STATS_SAMPLE, len(train_index.paths)))),
-        cfg.image_size,
+        image_size,
         cfg.channels,
     )
     mean, std = channel_stats(sample.images)
     return PreparedData(
-        input_shape=(cfg.channels, *cfg.image_size),
+        input_shape=(cfg.channels, *image_size),
         class_names=index.class_names,
         preprocessing=Preprocessing(mean=mean, std=std),
         arrays=None,
-        ray_datasets={
-            "train": imagefolder_data.to_ray_dataset(train_index, cfg.image_size, cfg.channels),
-            "val": imagefolder_data.to_ray_dataset(val_index, cfg.image_size, cfg.channels),
-        },
+        indexes={"train": train_index, "val": val_index},
         rows={"train": len(train_index.paths), "val": len(val_index.paths)},
     )
+
+
+def _ray_datasets(data: PreparedData) -> dict[str, Any] | None:
+    """An image folder's splits as lazily decoded Ray Data streams (needs a cluster)."""
+    if data.indexes is None:
+        return None
+    channels, height, width = data.input_shape
+    return {
+        split: imagefolder_data.to_ray_dataset(index, (height, width), channels)
+        for split, index in data.indexes.items()
+    }
 
 
 def _index_subset(
