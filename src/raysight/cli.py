@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(
         logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     )
+    # `kill`, a timeout or a job's stop ends a command as Ctrl-C does: through the cleanup
+    # of every block it is in (a local Ray cluster stops and its temp dir goes).
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.handler(args))
     except RaysightError as exc:
@@ -38,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _parser() -> argparse.ArgumentParser:

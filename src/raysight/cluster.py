@@ -6,9 +6,11 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +24,8 @@ logger = logging.getLogger(__name__)
 TEMP_DIR_ENV = "RAYSIGHT_RAY_TMPDIR"
 # Ray puts a local cluster's unix sockets at
 #   <temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store
-# and the kernel takes at most 107 bytes for such a path: 64 of them go after the temp dir
-# (a 7-digit pid), and Ray may append ".N" to a socket name.
+# and the kernel takes at most 107 bytes for such a path: 66 of them go after the temp dir
+# (with a 7-digit pid, and the ".N" Ray may append to a socket's name).
 _SOCKET_PATH_MAX = 107
 _AFTER_TEMP_DIR = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.9")
 MAX_TEMP_DIR = _SOCKET_PATH_MAX - _AFTER_TEMP_DIR
@@ -74,29 +76,31 @@ def connected(
     address = os.environ.get("RAY_ADDRESS")
     if address:
         _check_reachable(address)
-        ray.init(address=address, log_to_driver=True, logging_level=ray_level)
+        with _keeping_sigterm_handler():
+            ray.init(address=address, log_to_driver=True, logging_level=ray_level)
         route_worker_lines(verbosity, _json_lines(json_lines))
         logger.info("joined the Ray cluster at %s", address)
         yield False
         return
+    if metrics_port:
+        check_port_free(metrics_port, "stop it, or pick another port with --metrics-port")
+    if dashboard_port:
+        check_port_free(dashboard_port, "stop it, or pick another dashboard port")
     with _local_files() as temp_dir:
-        if metrics_port:
-            check_port_free(metrics_port, "stop it, or pick another port with --metrics-port")
-        if dashboard_port:
-            check_port_free(dashboard_port, "stop it, or pick another dashboard port")
         # A run that died left its record in a kept RAYSIGHT_RAY_TMPDIR: ray.init would read
         # it and spend minutes trying to join that dead cluster instead of starting one.
         _address_file(temp_dir).unlink(missing_ok=True)
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            dashboard_port=dashboard_port or _dashboard_port(),
-            _temp_dir=str(temp_dir),
-            _metrics_export_port=metrics_port,
-            log_to_driver=True,
-            logging_level=ray_level,
-        )
+        with _keeping_sigterm_handler():
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                dashboard_port=dashboard_port or _dashboard_port(),
+                _temp_dir=str(temp_dir),
+                _metrics_export_port=metrics_port,
+                log_to_driver=True,
+                logging_level=ray_level,
+            )
         try:
             _address_file(temp_dir).write_text(ray.get_runtime_context().gcs_address)
             route_worker_lines(verbosity, _json_lines(json_lines))
@@ -140,6 +144,20 @@ def _local_files() -> Iterator[Path]:
             logger.warning("Ray's logs of this run are kept in %s", base)
         elif owned:
             shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """Put the caller's SIGTERM handler back after `ray.init`, which replaces it.
+
+    Ray's replacement exits at once (sys.exit), and its core worker's crash handler then
+    aborts the process: no cleanup runs, and the cluster's temp dir is left behind.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if in_main else None
+    yield
+    if handler is not None:
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _address_file(temp_dir: Path) -> Path:
