@@ -106,6 +106,32 @@ def test_train_draws_a_progress_bar_on_a_terminal(ray_cluster: RayCluster, tmp_p
     assert lines[-2].startswith("epoch ") and "test accuracy" in lines[-2]
 
 
+def test_quiet_train_shows_results_only(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    code, received = run_on_terminal(
+        [
+            str(BIN / "raysight"),
+            "-q",
+            "train",
+            "--config",
+            "services/digits.yaml",
+            "--epochs",
+            "2",
+            "--workers",
+            "1",
+            "--output",
+            str(tmp_path / "ckpt"),
+            "--storage-path",
+            str(tmp_path / "storage"),
+        ],
+        REPO,
+        _env(ray_cluster),
+    )
+    assert code == 0, received[-3000:]
+    assert "█" not in received and "░" not in received  # no bar, not even for a moment
+    lines = [line for line in screen(received) if line.strip()]
+    assert [line.split(":")[0] for line in lines] == ["checkpoint", "epoch 2"], lines
+
+
 def test_bad_input_fails_cleanly_without_a_traceback(tmp_path: Path) -> None:
     missing = _run(
         [str(BIN / "raysight"), "train", "--dataset", "mnist", "--data-dir", str(tmp_path)],

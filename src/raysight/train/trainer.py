@@ -124,7 +124,9 @@ def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome
     # On a terminal the driver draws a progress bar from rank 0's posts; elsewhere (a job's
     # log, CI) the per-epoch lines are the whole record, as JSON.
     on_terminal = sys.stderr.isatty()
-    board = ProgressBoard.remote() if on_terminal else None  # type: ignore[attr-defined]
+    level = logging.getLogger("raysight").getEffectiveLevel()  # -q: no bar either
+    show_bar = on_terminal and level <= logging.INFO
+    board = ProgressBoard.remote() if show_bar else None  # type: ignore[attr-defined]
     plan = WorkerPlan(
         config=cfg.to_dict(),
         run_name=run_name,
@@ -137,7 +139,7 @@ def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome
         arrays=_put_arrays(data.arrays) if data.arrays is not None else None,
         rows=data.rows,
         log_json=not on_terminal,
-        log_level=logging.getLogger("raysight").getEffectiveLevel(),
+        log_level=level,
         progress=board,
     )
     storage = cfg.storage_path or str(Path("runs/ray").resolve())
