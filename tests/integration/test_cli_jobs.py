@@ -34,6 +34,22 @@ def _env(cluster: RayCluster) -> dict[str, str]:
     return {**os.environ, "RAY_ADDRESS": cluster.gcs_address, "RAY_AUTH_MODE": "token"}
 
 
+def _train_digits(tmp_path: Path, *flags: str) -> list[str]:
+    """`train` on the embedded digits with one worker, its outputs under `tmp_path`."""
+    return [
+        "train",
+        "--config",
+        "services/digits.yaml",
+        "--workers",
+        "1",
+        "--output",
+        str(tmp_path / "ckpt"),
+        "--storage-path",
+        str(tmp_path / "storage"),
+        *flags,
+    ]
+
+
 def test_train_then_evaluate_commands(ray_cluster: RayCluster, tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
     train = _run(
@@ -74,20 +90,7 @@ def test_train_then_evaluate_commands(ray_cluster: RayCluster, tmp_path: Path) -
 
 def test_train_draws_a_progress_bar_on_a_terminal(ray_cluster: RayCluster, tmp_path: Path) -> None:
     code, received = run_on_terminal(
-        [
-            str(BIN / "raysight"),
-            "train",
-            "--config",
-            "services/digits.yaml",
-            "--epochs",
-            "6",
-            "--workers",
-            "1",
-            "--output",
-            str(tmp_path / "ckpt"),
-            "--storage-path",
-            str(tmp_path / "storage"),
-        ],
+        [str(BIN / "raysight"), *_train_digits(tmp_path, "--epochs", "6")],
         REPO,
         _env(ray_cluster),
     )
@@ -108,21 +111,7 @@ def test_train_draws_a_progress_bar_on_a_terminal(ray_cluster: RayCluster, tmp_p
 
 def test_quiet_train_shows_results_only(ray_cluster: RayCluster, tmp_path: Path) -> None:
     code, received = run_on_terminal(
-        [
-            str(BIN / "raysight"),
-            "-q",
-            "train",
-            "--config",
-            "services/digits.yaml",
-            "--epochs",
-            "2",
-            "--workers",
-            "1",
-            "--output",
-            str(tmp_path / "ckpt"),
-            "--storage-path",
-            str(tmp_path / "storage"),
-        ],
+        [str(BIN / "raysight"), "-q", *_train_digits(tmp_path, "--epochs", "2")],
         REPO,
         _env(ray_cluster),
     )

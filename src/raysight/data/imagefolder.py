@@ -52,12 +52,8 @@ class ImageFolderIndex:
     class_names: tuple[str, ...]
 
 
-def _name(entry: str) -> str:
-    return fs.name_of(entry)
-
-
 def _is_image(entry: str) -> bool:
-    return posixpath.splitext(_name(entry))[1].lower() in IMAGE_EXTENSIONS
+    return posixpath.splitext(fs.name_of(entry))[1].lower() in IMAGE_EXTENSIONS
 
 
 def scan(root: str, split: str) -> ImageFolderIndex:
@@ -83,7 +79,7 @@ def scan(root: str, split: str) -> ImageFolderIndex:
     except DataError as exc:
         raise DataError(_wrong_root(root, split, exc)) from exc
     class_dirs = [
-        entry for entry, is_dir in split_entries if is_dir and not _name(entry).startswith(".")
+        entry for entry, is_dir in split_entries if is_dir and not fs.name_of(entry).startswith(".")
     ]
     if not class_dirs:
         loose = sum(1 for entry, is_dir in split_entries if not is_dir and _is_image(entry))
@@ -95,7 +91,7 @@ def scan(root: str, split: str) -> ImageFolderIndex:
         files = [
             entry
             for entry, is_dir in fs.list_dir(class_dir)
-            if not is_dir and not _name(entry).startswith(".") and _is_image(entry)
+            if not is_dir and not fs.name_of(entry).startswith(".") and _is_image(entry)
         ]
         if not files:
             raise DataError(f"{class_dir}: no .jpg, .jpeg or .png images")
@@ -107,7 +103,7 @@ def scan(root: str, split: str) -> ImageFolderIndex:
         split=split,
         paths=tuple(paths),
         labels=tuple(labels),
-        class_names=tuple(_name(d) for d in class_dirs),
+        class_names=tuple(fs.name_of(d) for d in class_dirs),
     )
 
 
@@ -129,10 +125,12 @@ def _wrong_root(root: str, split: str, missing: DataError) -> str:
 
 def _misplaced(root: str, split: str, entries: list[tuple[str, bool]], expected: str) -> str | None:
     """The fix when `root`'s own entries show what went wrong, else None."""
-    folders = [entry for entry, is_dir in entries if is_dir and not _name(entry).startswith(".")]
-    names = [_name(entry) for entry in folders]
+    folders = [
+        entry for entry, is_dir in entries if is_dir and not fs.name_of(entry).startswith(".")
+    ]
+    names = [fs.name_of(entry) for entry in folders]
     train, test = fs.join(root, "train"), fs.join(root, "test")
-    if _name(root) in _SPLIT_NAMES and folders:
+    if fs.name_of(root) in _SPLIT_NAMES and folders:
         parent = posixpath.dirname(root.rstrip("/"))
         return (
             f"{root} looks like a split folder itself, not the dataset's root: "
