@@ -171,6 +171,16 @@ def _json_lines(json_lines: bool | None) -> bool:
     return not sys.stderr.isatty() if json_lines is None else json_lines
 
 
+def staging_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary directory for a cluster process's files in flight (a checkpoint being written).
+
+    It lies under the local cluster's private dir when raysight started the cluster (every
+    process of it inherits RAY_TMPDIR): a worker killed mid-write, as on Ctrl-C, cannot remove
+    its own, and the cluster's dir goes with the cluster. Elsewhere, the system temp dir.
+    """
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=os.environ.get("RAY_TMPDIR") or None)
+
+
 def short_temp_dir(prefix: str = "raysight-") -> Path:
     """A new private directory whose path leaves room for Ray's socket paths.
 

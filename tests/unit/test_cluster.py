@@ -110,7 +110,12 @@ def test_local_files_are_named_to_the_cluster_and_removed_after(
         assert temp_dir.name == "ray"
         assert os.environ["RAY_TMPDIR"] == str(temp_dir.parent)  # inherited by the cluster
         temp_dir.mkdir()
+        # A worker's files in flight, left by a worker killed mid-write, go with the cluster.
+        with cluster.staging_dir("raysight-ckpt-") as staged:
+            assert Path(staged).parent == temp_dir.parent
+            left = Path(tempfile.mkdtemp(dir=Path(staged).parent))
     assert os.environ["RAY_TMPDIR"] == "/elsewhere"
+    assert not left.exists()
     assert not temp_dir.parent.exists()
 
 

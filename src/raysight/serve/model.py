@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pyarrow.fs
 
 from raysight.checkpoint import load_checkpoint
+from raysight.cluster import staging_dir
 from raysight.data.fs import resolve
 from raysight.engine import Engine
 from raysight.errors import CheckpointError
@@ -87,7 +87,7 @@ def _load_remote(uri: str, device: str) -> Engine:
         filesystem, path = resolve(uri)
     except Exception as exc:  # a malformed URI or missing credentials
         raise CheckpointError(f"cannot open checkpoint {uri}: {exc}") from exc
-    with tempfile.TemporaryDirectory(prefix="raysight-ckpt-") as tmp:
+    with staging_dir("raysight-ckpt-") as tmp:
         local = Path(tmp) / "checkpoint"
         local.mkdir()
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,6 +30,7 @@ from raysight.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from raysight.cluster import staging_dir
 from raysight.config import TrainConfig
 from raysight.errors import RaysightError
 from raysight.logs import setup_logging
@@ -268,7 +268,7 @@ def _save_and_report(
     Returns:
         Where the epoch's wall time went, up to the end of the report.
     """
-    with tempfile.TemporaryDirectory(prefix="raysight-ckpt-") as tmp:
+    with staging_dir("raysight-ckpt-") as tmp:
         saving = time.perf_counter()
         path = _save(
             Path(tmp) / "checkpoint",
