@@ -12,9 +12,19 @@ export RAY_AUTH_MODE ?= token
 # Extra flags for `raysight serve` in `make run`, e.g. SERVE_FLAGS="--grpc-port 9100".
 SERVE_FLAGS ?=
 
-.PHONY: venv lint typecheck test test-fast bench run constraints clean proto
+.PHONY: venv tools lint typecheck test test-fast bench run constraints clean proto
 
 venv: $(STAMP)
+
+# Debian's Prometheus: promtool checks the alert rules, and a real server proves the
+# dashboard's queries against a live scrape. Installed once; the tests refuse to skip them
+# when RAYSIGHT_REQUIRE_TOOLS is set, as `make test` does.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  $(SUDO) apt-get install -y -q --no-install-recommends prometheus >/dev/null || { \
+	    $(SUDO) apt-get update -q >/dev/null && \
+	    $(SUDO) apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; }
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +40,8 @@ lint: venv
 typecheck: lint
 
 # All tests but the GPU ones (CI has no GPU); lint first, it is cheap and catches most slips.
-test: venv lint
-	$(BIN)/pytest -m "not gpu" --timeout=1800
+test: venv tools lint
+	RAYSIGHT_REQUIRE_TOOLS=1 $(BIN)/pytest -m "not gpu" --timeout=1800
 
 # The unit tests alone: seconds, for the edit-test loop.
 test-fast: venv

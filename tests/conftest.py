@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 import urllib.request
@@ -48,6 +49,21 @@ def scrape_metrics(port: int, ready: Callable[[str], bool], timeout: float = 60.
         if ready(text) or time.monotonic() > deadline:
             return text
         time.sleep(2)
+
+
+def require_tool(name: str) -> str:
+    """The path of command `name`, or a skip that says why.
+
+    `make test` installs every tool the tests use and sets RAYSIGHT_REQUIRE_TOOLS, which
+    turns the skip into a failure: CI never passes by skipping a check.
+    """
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not installed (make tools installs it)"
+        if os.environ.get("RAYSIGHT_REQUIRE_TOOLS"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
 
 
 @dataclass(frozen=True)
