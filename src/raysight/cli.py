@@ -22,6 +22,8 @@ from raysight.serve.settings import ServeSettings
 
 logger = logging.getLogger("raysight.cli")
 
+INGRESS_MODES = ("haproxy", "proxy")  # the first is a local cluster's default
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
@@ -110,10 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--num-gpus", type=float, default=0.0, help="per replica; may be 0.5")
     serve.add_argument(
         "--ingress",
-        choices=("proxy", "haproxy"),
-        default="haproxy",
-        help="HAProxy in front of direct-ingress replicas (default; measured 2x the "
-        "throughput of the classic proxy), or Serve's classic gRPC proxy",
+        choices=INGRESS_MODES,
+        help="HAProxy in front of direct-ingress replicas (the default for a local cluster; "
+        "measured 2x the throughput of the classic proxy), or Serve's classic gRPC proxy. "
+        "A cluster at RAY_ADDRESS keeps the mode it was started with: there the flag only "
+        "insists on it",
     )
     serve.add_argument(
         "--demo",
@@ -222,11 +225,10 @@ def _serve(args: argparse.Namespace) -> int:
     if not os.environ.get("RAY_ADDRESS"):  # a local cluster: its ports are on this machine
         check_port_free(args.grpc_port, "stop it, or pick another port with --grpc-port")
         check_port_free(args.http_port, "stop it, or pick another port with --http-port")
-    if args.ingress == "haproxy":
-        # Read by Serve's controller, which the local cluster starts with this environment.
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-    from ray import serve
-
+        # Read by Serve's controller, which the local cluster starts with this environment;
+        # set either way, so a value left in the shell cannot pick the mode instead.
+        local_ingress = args.ingress or INGRESS_MODES[0]
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if local_ingress == "haproxy" else "0"
     from raysight.serve import runner
 
     stop = threading.Event()
@@ -235,11 +237,13 @@ def _serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with connected(metrics_port=args.metrics_port) as started:
+        # Our own cluster runs the mode set above; someone else's, the one it started with.
+        ingress = args.ingress or (INGRESS_MODES[0] if started else None)
         try:
-            _serve_until_stopped(args, settings, stop, local=started)
+            _serve_until_stopped(args, settings, stop, ingress=ingress, local=started)
         finally:
             if not started:
-                serve.delete(runner.APP_NAME)  # someone else's cluster: remove only our app
+                runner.remove()  # someone else's cluster: remove only our app
     # Our own cluster stopped as the block ended, taking Serve, its replicas and HAProxy with
     # it. (A terminal's Ctrl-C also reaches Ray's processes, so serve.shutdown() could wait
     # forever on a controller that is already gone.)
@@ -247,7 +251,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_until_stopped(
-    args: argparse.Namespace, settings: ServeSettings, stop: threading.Event, *, local: bool
+    args: argparse.Namespace,
+    settings: ServeSettings,
+    stop: threading.Event,
+    *,
+    ingress: str | None,
+    local: bool,
 ) -> None:
     from raysight.serve import runner
 
@@ -259,15 +268,29 @@ def _serve_until_stopped(
         replicas=args.replicas,
         num_gpus=args.num_gpus,
     )
-    runner.deploy(config)
-    print(f"serving {checkpoint} on gRPC port {args.grpc_port} ({args.ingress} ingress)")
-    if args.demo:
+    deployed = runner.deploy(config, ingress=ingress)
+    ingress_words = _ingress_words(deployed.ingress)
+    print(f"serving {checkpoint} on gRPC port {args.grpc_port} ({ingress_words})")
+    if deployed.neighbours:
+        print(
+            f"beside {', '.join(deployed.neighbours)} on the same Serve: gRPC clients must "
+            f"send the metadata application={runner.APP_NAME} to reach raysight"
+        )
+    if args.demo and deployed.neighbours:
+        print("--demo skipped: its client sends no application metadata")
+    elif args.demo:
         _demo(checkpoint, args.grpc_port, args.demo)
     if local:
         print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics")
     print("Ctrl-C stops", flush=True)
     while not stop.wait(1.0):
         pass
+
+
+def _ingress_words(mode: str | None) -> str:
+    """The startup line's account of the ingress: what the cluster runs, or that it is
+    unknown (a cluster whose Serve runs no proxy does not say)."""
+    return f"{mode} ingress" if mode else "ingress mode: as the cluster was started"
 
 
 def _settings_from_args(args: argparse.Namespace) -> ServeSettings:
