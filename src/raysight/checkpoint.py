@@ -20,7 +20,7 @@ import math
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +38,14 @@ from raysight.models import build_model
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# The manifest fields each version added after version 1. A reader accepts every version up
+# to FORMAT_VERSION and upgrades older manifests when it reads them (an added field reads as
+# None); a writer always writes FORMAT_VERSION.
+_FIELDS_ADDED_IN: dict[int, frozenset[str]] = {2: frozenset({"class_frequencies"})}
+# How far the recorded class frequencies may sum from 1: float64 counts over a dataset sum
+# to 1 within a few ulps; a larger gap means the field was edited or computed wrongly.
+_FREQUENCY_SUM_TOLERANCE = 1e-6
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAIN_STATE_FILE = "train_state.safetensors"
@@ -80,12 +87,19 @@ class Manifest:
 
     Attributes:
         format_version: Version of the checkpoint layout; readers refuse versions they
-            do not know.
+            do not know. Always ``FORMAT_VERSION`` in memory: an older manifest is
+            upgraded when read, and written back at the current version.
         model: Registry name of the model.
         model_kwargs: Resolved arguments; ``build_model(model, **model_kwargs)`` rebuilds it.
         input_shape: ``(C, H, W)`` the model expects.
         preprocessing: Normalisation applied to ``[0, 1]`` pixels before the model.
         class_names: Label of each output logit, in order.
+        class_frequencies: Fraction of the training samples in each class, in
+            ``class_names`` order, summing to 1. Counted over the split the weights were
+            trained on, after the validation hold-out was taken out of it (and after
+            ``limit_train``). Serving exports it as each class's prior, the baseline a
+            drift alert compares the predicted classes against. None for checkpoints
+            written before format version 2 and for checkpoints saved without it.
         dataset: Name of the training dataset.
         metrics: Evaluation metrics of these weights, e.g. ``{"val_accuracy": 0.99}``.
         train_config: The resolved training configuration.
@@ -102,6 +116,7 @@ class Manifest:
     input_shape: tuple[int, int, int]
     preprocessing: Preprocessing
     class_names: tuple[str, ...]
+    class_frequencies: tuple[float, ...] | None
     dataset: str
     metrics: dict[str, float]
     train_config: dict[str, Any]
@@ -124,6 +139,7 @@ class Manifest:
         metrics: Mapping[str, float],
         train_config: Mapping[str, Any],
         epoch: int,
+        class_frequencies: Sequence[float] | None = None,
     ) -> "Manifest":
         """Create a manifest stamped with this version and the current time.
 
@@ -139,6 +155,8 @@ class Manifest:
             metrics: Evaluation metrics of these weights.
             train_config: The resolved, JSON-serialisable training configuration.
             epoch: Epochs completed.
+            class_frequencies: Fraction of the training samples in each class, in
+                ``class_names`` order; None when unknown.
 
         Returns:
             The manifest, ready to pass to ``save_checkpoint``.
@@ -150,6 +168,9 @@ class Manifest:
             input_shape=(input_shape[0], input_shape[1], input_shape[2]),
             preprocessing=preprocessing,
             class_names=tuple(class_names),
+            class_frequencies=(
+                None if class_frequencies is None else tuple(map(float, class_frequencies))
+            ),
             dataset=dataset,
             metrics=dict(metrics),
             train_config=dict(train_config),
@@ -188,8 +209,8 @@ class Manifest:
                 field and ``source``.
         """
         data = _json_object(text, "manifest", source)
-        _check_format_version(data, source)
-        _check_field_names(data, {f.name for f in dataclasses.fields(cls)}, "", source)
+        version = _check_format_version(data, source)
+        _check_field_names(data, _fields_of_version(cls, version), "", source)
         manifest = cls(
             format_version=FORMAT_VERSION,
             model=_string(data["model"], "model", source),
@@ -197,6 +218,9 @@ class Manifest:
             input_shape=_input_shape(data["input_shape"], source),
             preprocessing=_preprocessing(data["preprocessing"], source),
             class_names=_strings(data["class_names"], "class_names", source),
+            class_frequencies=_optional_numbers(
+                data.get("class_frequencies"), "class_frequencies", source
+            ),
             dataset=_string(data["dataset"], "dataset", source),
             metrics=_metrics(data["metrics"], source),
             train_config=_object(data["train_config"], "train_config", source),
@@ -688,18 +712,29 @@ def _json_object(text: str, what: str, source: str) -> dict[str, Any]:
     return data
 
 
-def _check_format_version(data: dict[str, Any], source: str) -> None:
-    """Reject a manifest this build cannot read, before looking at any other field."""
+def _check_format_version(data: dict[str, Any], source: str) -> int:
+    """Reject a manifest this build cannot read, before looking at any other field.
+
+    Returns:
+        The manifest's format version, between 1 and ``FORMAT_VERSION``.
+    """
     if "format_version" not in data:
         raise CheckpointError(f"{source}: field 'format_version' is missing")
     version = data["format_version"]
     if isinstance(version, bool) or not isinstance(version, int):
         raise CheckpointError(f"{source}: field 'format_version' must be an integer")
-    if version != FORMAT_VERSION:
+    if not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(
             f"{source}: unknown checkpoint format version {version}; "
-            f"this build of raysight reads version {FORMAT_VERSION}"
+            f"this build of raysight reads versions 1 to {FORMAT_VERSION}"
         )
+    return version
+
+
+def _fields_of_version(cls: type[Manifest], version: int) -> set[str]:
+    """The manifest fields a document of format ``version`` holds."""
+    later = {name for v, names in _FIELDS_ADDED_IN.items() if v > version for name in names}
+    return {f.name for f in dataclasses.fields(cls)} - later
 
 
 def _check_field_names(
@@ -747,6 +782,10 @@ def _numbers(value: Any, field: str, source: str) -> tuple[float, ...]:
     if not isinstance(value, list):
         raise CheckpointError(f"{source}: field {field!r} must be a list of numbers")
     return tuple(_number(item, field, source) for item in value)
+
+
+def _optional_numbers(value: Any, field: str, source: str) -> tuple[float, ...] | None:
+    return None if value is None else _numbers(value, field, source)
 
 
 def _input_shape(value: Any, source: str) -> tuple[int, int, int]:
@@ -808,6 +847,7 @@ def _check_consistency(manifest: Manifest, source: str) -> None:
         )
     if not all(s > 0 and math.isfinite(s) for s in std):
         raise CheckpointError(f"{source}: field 'preprocessing.std' must be positive")
+    _check_class_frequencies(manifest, source)
     kwargs = manifest.model_kwargs
     expected = {
         "num_classes": len(manifest.class_names),
@@ -821,3 +861,24 @@ def _check_consistency(manifest: Manifest, source: str) -> None:
                 f"{source}: field 'model_kwargs.{name}' is {stored!r}, "
                 f"but the manifest implies {value!r}"
             )
+
+
+def _check_class_frequencies(manifest: Manifest, source: str) -> None:
+    """One finite, non-negative fraction per class, summing to 1 (or no frequencies at all)."""
+    frequencies = manifest.class_frequencies
+    if frequencies is None:
+        return
+    if len(frequencies) != len(manifest.class_names):
+        raise CheckpointError(
+            f"{source}: field 'class_frequencies' has {len(frequencies)} values "
+            f"for {len(manifest.class_names)} classes"
+        )
+    if not all(math.isfinite(f) and f >= 0 for f in frequencies):
+        raise CheckpointError(
+            f"{source}: field 'class_frequencies' must hold finite, non-negative fractions"
+        )
+    total = math.fsum(frequencies)
+    if abs(total - 1.0) > _FREQUENCY_SUM_TOLERANCE:
+        raise CheckpointError(
+            f"{source}: field 'class_frequencies' sums to {total:.6g}; fractions must sum to 1"
+        )

@@ -198,7 +198,120 @@ def test_unknown_format_version_is_rejected(saved: tuple[Path, torch.nn.Module])
     _rewrite_manifest(path, format_version=FORMAT_VERSION + 1, a_field_from_the_future=1)
     with pytest.raises(CheckpointError, match=f"version {FORMAT_VERSION + 1}") as info:
         load_checkpoint(path)
-    assert f"reads version {FORMAT_VERSION}" in str(info.value)
+    assert f"reads versions 1 to {FORMAT_VERSION}" in str(info.value)
+
+
+# --- class frequencies (format version 2) ---------------------------------------------
+
+# Ten classes, one of them never seen in training: its prior is 0.0, not missing.
+FREQUENCIES = (0.1, 0.2, 0.0, 0.05, 0.05, 0.1, 0.1, 0.1, 0.2, 0.1)
+
+
+def test_class_frequencies_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
+    manifest = _manifest(class_frequencies=FREQUENCIES)
+    path = save_checkpoint(tmp_path / "ckpt", state_dict=_model().state_dict(), manifest=manifest)
+    loaded = load_checkpoint(path).manifest
+    assert loaded.class_frequencies == FREQUENCIES
+    assert json.loads((path / ckpt.MANIFEST_FILE).read_text())["format_version"] == 2
+
+
+def test_new_takes_any_sequence_of_numbers() -> None:
+    manifest = Manifest.new(
+        **{**_new_arguments(), "class_frequencies": [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]}
+    )
+    assert manifest.class_frequencies == (1.0, *[0.0] * 9)
+    assert all(type(f) is float for f in manifest.class_frequencies)
+    assert Manifest.new(**_new_arguments()).class_frequencies is None
+
+
+def _new_arguments() -> dict[str, Any]:
+    manifest = _manifest()
+    return {
+        "model": manifest.model,
+        "model_kwargs": manifest.model_kwargs,
+        "input_shape": manifest.input_shape,
+        "preprocessing": manifest.preprocessing,
+        "class_names": manifest.class_names,
+        "dataset": manifest.dataset,
+        "metrics": manifest.metrics,
+        "train_config": manifest.train_config,
+        "epoch": manifest.epoch,
+    }
+
+
+def _as_version_1(path: Path) -> None:
+    """Rewrite a checkpoint's manifest as raysight wrote it before format version 2."""
+    manifest_file = path / ckpt.MANIFEST_FILE
+    data = json.loads(manifest_file.read_text())
+    del data["class_frequencies"]
+    data["format_version"] = 1
+    manifest_file.write_text(json.dumps(data, indent=2))
+
+
+def test_a_version_1_checkpoint_loads_without_class_frequencies(
+    saved: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    path, model = saved
+    _as_version_1(path)
+    loaded = load_checkpoint(path)
+    assert loaded.manifest.class_frequencies is None
+    assert verify_checkpoint(path) == loaded.manifest
+    images = torch.rand(2, *INPUT_SHAPE)
+    with torch.no_grad():
+        assert torch.equal(build_from_checkpoint(loaded)(images), model.eval()(images))
+    # Read once, it is upgraded: saved again, it is a version 2 checkpoint.
+    again = save_checkpoint(
+        tmp_path / "again", state_dict=loaded.state_dict, manifest=loaded.manifest
+    )
+    assert json.loads((again / ckpt.MANIFEST_FILE).read_text())["format_version"] == 2
+    assert read_manifest(again).class_frequencies is None
+
+
+def test_a_version_1_manifest_may_not_hold_class_frequencies(
+    saved: tuple[Path, torch.nn.Module],
+) -> None:
+    path, _ = saved
+    _rewrite_manifest(path, format_version=1, class_frequencies=list(FREQUENCIES))
+    with pytest.raises(CheckpointError, match="unexpected field 'class_frequencies'"):
+        load_checkpoint(path)
+
+
+def test_a_version_2_manifest_must_hold_class_frequencies_even_if_null() -> None:
+    data = _manifest_dict()
+    assert data["class_frequencies"] is None
+    del data["class_frequencies"]
+    with pytest.raises(CheckpointError, match="field 'class_frequencies' is missing"):
+        Manifest.from_json(json.dumps(data), source="m.json")
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        pytest.param([0.5, 0.5], "has 2 values for 10 classes", id="too-few"),
+        pytest.param([*FREQUENCIES, 0.0], "has 11 values for 10 classes", id="too-many"),
+        pytest.param([-0.1, 0.3, *FREQUENCIES[2:]], "non-negative", id="negative"),
+        pytest.param([float("nan"), *FREQUENCIES[1:]], "finite", id="nan"),
+        pytest.param([float("inf"), *FREQUENCIES[1:]], "finite", id="infinite"),
+        pytest.param([0.2, *FREQUENCIES[1:]], "sums to 1.1", id="sum-above-1"),
+        pytest.param([0.0] * 10, "sums to 0", id="all-zero"),
+        pytest.param(["0.1", *FREQUENCIES[1:]], "must be a number", id="string"),
+        pytest.param({"0": 1.0}, "must be a list of numbers", id="object"),
+    ],
+)
+def test_invalid_class_frequencies_are_refused_on_load_and_save(
+    tmp_path: Path, value: Any, words: str
+) -> None:
+    data = _manifest_dict()
+    data["class_frequencies"] = value
+    with pytest.raises(CheckpointError, match="'class_frequencies'") as info:
+        Manifest.from_json(json.dumps(data), source="/ckpt/manifest.json")
+    assert words in str(info.value)
+    assert "/ckpt/manifest.json" in str(info.value)
+    if isinstance(value, list) and all(isinstance(v, float) for v in value):
+        bad = _manifest(class_frequencies=tuple(value))
+        with pytest.raises(CheckpointError, match="'class_frequencies'"):
+            save_checkpoint(tmp_path / "ckpt", state_dict=_model().state_dict(), manifest=bad)
+        assert not (tmp_path / "ckpt").exists()
 
 
 # --- damaged and missing checkpoints --------------------------------------------------

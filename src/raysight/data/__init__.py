@@ -5,14 +5,21 @@ from __future__ import annotations
 import logging
 
 from raysight.data import imagefolder
-from raysight.data.base import ArrayDataset
+from raysight.data.base import ArrayDataset, class_frequencies
 from raysight.data.cifar import load_cifar10
 from raysight.data.digits import load_digits
 from raysight.data.idx import load_idx
 from raysight.data.imagefolder import ImageFolderIndex
 from raysight.errors import DataError
 
-__all__ = ["DATASETS", "NATURAL_IMAGES", "ArrayDataset", "ImageFolderIndex", "load_arrays"]
+__all__ = [
+    "DATASETS",
+    "NATURAL_IMAGES",
+    "ArrayDataset",
+    "ImageFolderIndex",
+    "class_frequencies",
+    "load_arrays",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,31 @@ def check_split(split: str, dataset: str) -> None:
     """
     if split not in SPLITS:
         raise DataError(f"{dataset}: unknown split {split!r}; expected one of {list(SPLITS)}")
+
+
+def class_frequencies(labels: np.ndarray | Sequence[int], num_classes: int) -> tuple[float, ...]:
+    """The fraction of samples in each class, from the labels alone (no pixels are read).
+
+    Args:
+        labels: (N,) class indices in [0, num_classes), e.g. `ArrayDataset.labels` or
+            `ImageFolderIndex.labels`.
+        num_classes: K; a class without samples gets 0.0.
+
+    Returns:
+        K fractions in class order, summing to 1.
+
+    Raises:
+        DataError: If there are no labels or one is outside [0, num_classes).
+    """
+    classes = np.asarray(labels, dtype=np.int64)  # (N,)
+    if classes.size == 0:
+        raise DataError("cannot count class frequencies of an empty split")
+    if classes.min() < 0 or classes.max() >= num_classes:
+        raise DataError(
+            f"labels span [{classes.min()}, {classes.max()}] but there are {num_classes} classes"
+        )
+    counts = np.bincount(classes, minlength=num_classes)  # (K,)
+    return tuple(float(c) for c in counts / classes.size)
 
 
 # eq=False: the generated __eq__ would compare arrays element-wise and fail on `bool(...)`,

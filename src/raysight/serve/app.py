@@ -38,6 +38,7 @@ from raysight.serve.errors import (
 from raysight.serve.grpc_services import SERVICE_NAMES
 from raysight.serve.metrics import ServingMetrics
 from raysight.serve.model import INPUT_NAME, OUTPUTS, ServedModel, load_served_model
+from raysight.serve.quality import top1_quality
 from raysight.serve.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
@@ -104,9 +105,10 @@ class InferenceServer:
                 )
                 return
             self._model = new
-            self._metrics.model_info.set(1, tags=self._info_tags(new))
             if old is not None and old.version != new.version:
-                self._metrics.model_info.set(0, tags=self._info_tags(old))
+                self._metrics.set_replaced(self._info_tags(old), _tags(old), old.engine.class_names)
+            self._metrics.set_serving(self._info_tags(new))
+            self._export_class_prior(new)
         self._settings = settings
         # serve.batch adds these setters to the decorated method.
         self._forward.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
@@ -121,10 +123,28 @@ class InferenceServer:
             "checkpoint_sha256": model.engine.manifest.weights_sha256,
         }
 
+    def _export_class_prior(self, model: ServedModel) -> None:
+        """Export the training class frequencies, the baseline a drift alert compares the
+        predicted classes with; a checkpoint that does not record them exports none."""
+        frequencies = model.engine.manifest.class_frequencies
+        if frequencies is None:
+            logger.info(
+                "%s version %s records no class frequencies: no class prior exported",
+                model.name,
+                model.version,
+            )
+            return
+        self._metrics.set_class_prior(_tags(model), model.engine.class_names, frequencies)
+
     def check_health(self) -> None:
-        """Serve's replica health check: a replica without a model is unhealthy."""
+        """Serve's replica health check: a replica without a model is unhealthy.
+
+        Run every `health_check_period_s`, it also sets the model gauges again, which Ray
+        would otherwise drop ~25 s after a load.
+        """
         if self._model is None:
             raise RuntimeError("no model loaded")
+        self._metrics.refresh()
 
     # ---- the batch --------------------------------------------------------------------------
 
@@ -150,6 +170,9 @@ class InferenceServer:
             seconds = time.perf_counter() - started
             self._metrics.compute.observe(seconds, tags=_tags(model))
             self._metrics.batch_size.observe(len(batch), tags=_tags(model))
+            # Every row, whatever outputs its request asked for: logits (N, K) -> top-1.
+            quality = top1_quality(outputs["logits"], model.engine.class_names)
+            self._metrics.record_predictions(_tags(model), quality)
             self._stats.record_batch(len(batch), seconds)
             offset = 0
             for i in indices:

@@ -62,6 +62,7 @@ class WorkerPlan:
     preprocessing: Preprocessing
     prep: Preparation
     class_names: tuple[str, ...]
+    class_frequencies: tuple[float, ...] | None  # training rows per class / all rows
     # In-memory splits: (images ref, labels ref) in Ray's object store. None for Ray Data
     # datasets, which Ray Train hands to each worker as shards instead.
     arrays: dict[str, tuple[ray.ObjectRef, ray.ObjectRef]] | None
@@ -163,6 +164,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics.record(stats, times)
         elapsed = time.perf_counter() - run_start
         log_epoch(stats, times, cfg.epochs, elapsed / (epoch + 1 - start_epoch))
+    if metrics is not None:
+        metrics.close()
 
 
 def _feeds(plan: WorkerPlan, rank: int, world: int, batch: int, seed: int) -> tuple[Feed, Feed]:
@@ -307,6 +310,7 @@ def _save(
         input_shape=plan.input_shape,
         preprocessing=plan.preprocessing,
         class_names=plan.class_names,
+        class_frequencies=plan.class_frequencies,
         dataset=cfg.dataset,
         metrics={
             "val_accuracy": stats.val_accuracy,

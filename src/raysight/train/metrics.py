@@ -9,16 +9,23 @@ from __future__ import annotations
 
 from ray.util import metrics
 
+from raysight.gauges import HeldGauges, Refresher
 from raysight.train.epoch import EpochStats, EpochTimes
 
 _TAGS = ("run", "model")
 
 
 class TrainMetrics:
-    """The Prometheus view of a run. Create it on rank 0 only: the stats are already global."""
+    """The Prometheus view of a run. Create it on rank 0 only: the stats are already global.
+
+    The last epoch's gauges are held (set again every few seconds) until `close`, so a long
+    epoch does not read as a run that has gone: Ray drops a gauge left unset for ~25 s.
+    """
 
     def __init__(self, run: str, model: str) -> None:
         self._tags = {"run": run, "model": model}
+        self._held = HeldGauges()
+        self._refresher = Refresher(self._held)
         self._throughput = metrics.Gauge(
             "raysight_train_samples_per_second",
             description="Training throughput of the last epoch, all workers together.",
@@ -63,16 +70,21 @@ class TrainMetrics:
 
     def record(self, stats: EpochStats, times: EpochTimes) -> None:
         """Publish one epoch's numbers."""
-        self._throughput.set(stats.samples_per_second, tags=self._tags)
-        self._epoch_seconds.set(stats.seconds, tags=self._tags)
-        self._wall_seconds.set(times.wall, tags=self._tags)
+        held = self._held
+        held.set(self._throughput, stats.samples_per_second, self._tags)
+        held.set(self._epoch_seconds, stats.seconds, self._tags)
+        held.set(self._wall_seconds, times.wall, self._tags)
         for phase, seconds in {**times.parts(), "other": times.other}.items():
-            self._phase_seconds.set(seconds, tags={**self._tags, "phase": phase})
+            held.set(self._phase_seconds, seconds, {**self._tags, "phase": phase})
         for split, loss, acc in (
             ("train", stats.train_loss, stats.train_accuracy),
             ("val", stats.val_loss, stats.val_accuracy),
         ):
-            self._loss.set(loss, tags={**self._tags, "split": split})
-            self._accuracy.set(acc, tags={**self._tags, "split": split})
+            held.set(self._loss, loss, {**self._tags, "split": split})
+            held.set(self._accuracy, acc, {**self._tags, "split": split})
         self._samples.inc(stats.samples, tags=self._tags)
         self._epochs.inc(1, tags=self._tags)
+
+    def close(self) -> None:
+        """The run is over: stop holding its gauges, which then leave the export."""
+        self._refresher.stop()

@@ -24,7 +24,7 @@ from ray.train.torch import TorchTrainer
 
 from raysight.checkpoint import Manifest, Preprocessing, load_checkpoint, save_checkpoint
 from raysight.config import TrainConfig
-from raysight.data import NATURAL_IMAGES, ArrayDataset, load_arrays
+from raysight.data import NATURAL_IMAGES, ArrayDataset, class_frequencies, load_arrays
 from raysight.data import imagefolder as imagefolder_data
 from raysight.data.transforms import channel_stats
 from raysight.engine import Engine
@@ -67,6 +67,9 @@ class PreparedData:
 
     input_shape: tuple[int, int, int]
     class_names: tuple[str, ...]
+    # Fraction of the training rows in each class, counted from the labels of the split
+    # actually trained on (after limit_train and the validation hold-out), for the manifest.
+    class_frequencies: tuple[float, ...]
     preprocessing: Preprocessing
     arrays: dict[str, ArrayDataset] | None
     indexes: dict[str, imagefolder_data.ImageFolderIndex] | None
@@ -136,6 +139,7 @@ def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome
         preprocessing=data.preprocessing,
         prep=preparation(cfg, data),
         class_names=data.class_names,
+        class_frequencies=data.class_frequencies,
         arrays=_put_arrays(data.arrays) if data.arrays is not None else None,
         rows=data.rows,
         log_json=not on_terminal,
@@ -223,6 +227,7 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     return PreparedData(
         input_shape=train_set.image_shape,
         class_names=train_set.class_names,
+        class_frequencies=class_frequencies(train_set.labels, len(train_set.class_names)),
         preprocessing=Preprocessing(mean=mean, std=std),
         arrays={"train": train_set, "val": val_set},
         indexes=None,
@@ -295,6 +300,8 @@ def _prepare_imagefolder(cfg: TrainConfig, data_dir: str) -> PreparedData:
     return PreparedData(
         input_shape=(cfg.channels, *image_size),
         class_names=index.class_names,
+        # From the index's labels: the same rows Ray Data streams, none of them decoded.
+        class_frequencies=class_frequencies(train_index.labels, len(index.class_names)),
         preprocessing=Preprocessing(mean=mean, std=std),
         arrays=None,
         indexes={"train": train_index, "val": val_index},
