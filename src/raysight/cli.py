@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="PNG, JPEG or WebP files")
     predict.add_argument("--target", default="127.0.0.1:9000", help="HOST:PORT of the server")
     predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument(
+        "--application",
+        default="",
+        help="Ray Serve application to address (metadata `application`); needed only when "
+        "other Serve applications share the cluster, e.g. --application raysight",
+    )
     predict.set_defaults(handler=_predict)
 
     models = commands.add_parser("models", help="list the registered models")
@@ -276,10 +282,9 @@ def _serve_until_stopped(
             f"beside {', '.join(deployed.neighbours)} on the same Serve: gRPC clients must "
             f"send the metadata application={runner.APP_NAME} to reach raysight"
         )
-    if args.demo and deployed.neighbours:
-        print("--demo skipped: its client sends no application metadata")
-    elif args.demo:
-        _demo(checkpoint, args.grpc_port, args.demo)
+    if args.demo:
+        application = runner.APP_NAME if deployed.neighbours else ""
+        _demo(checkpoint, args.grpc_port, args.demo, application)
     if local:
         print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics")
     print("Ctrl-C stops", flush=True)
@@ -304,8 +309,11 @@ def _settings_from_args(args: argparse.Namespace) -> ServeSettings:
     return ServeSettings.from_dict(values, source="command line")
 
 
-def _demo(checkpoint: str, port: int, count: int) -> None:
-    """Write `count` test images as PNG files and classify them through the gRPC API."""
+def _demo(checkpoint: str, port: int, count: int, application: str) -> None:
+    """Write `count` test images as PNG files and classify them through the gRPC API.
+
+    `application` names raysight's Serve application when others share the cluster.
+    """
     from PIL import Image
 
     from raysight.checkpoint import read_manifest
@@ -316,7 +324,7 @@ def _demo(checkpoint: str, port: int, count: int) -> None:
     split = load_arrays(manifest.dataset, manifest.train_config.get("data_dir"), "test")
     samples = Path(checkpoint).parent / f"{Path(checkpoint).name}-samples"
     samples.mkdir(exist_ok=True)
-    with ImageClient(f"127.0.0.1:{port}") as client:
+    with ImageClient(f"127.0.0.1:{port}", application=application) as client:
         for i in range(min(count, len(split))):
             pixels = split.images[i].transpose(1, 2, 0)  # (H, W, C) for PIL
             if pixels.shape[2] == 1:
@@ -326,7 +334,8 @@ def _demo(checkpoint: str, port: int, count: int) -> None:
             result = client.classify(path.read_bytes(), top_k=3)
             labels = ", ".join(f"{x.label} ({x.score:.3f})" for x in result.labels)
             print(f"{path.name}: {labels}")
-    print(f"try: raysight predict {samples}/*.png --target 127.0.0.1:{port}")
+    also = f" --application {application}" if application else ""
+    print(f"try: raysight predict {samples}/*.png --target 127.0.0.1:{port}{also}")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -334,7 +343,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from raysight.client import ImageClient
 
-    with ImageClient(args.target) as client:
+    with ImageClient(args.target, application=args.application) as client:
         for path in args.images:
             try:
                 result = client.classify(Path(path).read_bytes(), top_k=args.top_k)

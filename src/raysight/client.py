@@ -38,16 +38,25 @@ class ImageClient:
             print(client.classify(open("cat.jpg", "rb").read()).labels[0])
     """
 
-    def __init__(self, target: str, timeout: float = 30.0) -> None:
+    def __init__(self, target: str, timeout: float = 30.0, application: str = "") -> None:
+        """
+        Args:
+            target: HOST:PORT of the server.
+            timeout: seconds each call may take.
+            application: the Ray Serve application to address, sent as the `application`
+                metadata; needed only when other Serve applications share the cluster.
+        """
         self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.ImageServiceStub(self._channel)
         self._timeout = timeout
+        self._metadata = (("application", application),) if application else None
 
     def classify(self, image: bytes, top_k: int = 0, model_name: str = "") -> Classification:
         """One image; raises grpc.RpcError with the server's status on failure."""
         reply = self._stub.Classify(
             pb.ClassifyRequest(image=image, top_k=top_k, model_name=model_name),
             timeout=self._timeout,
+            metadata=self._metadata,
         )
         return _classification(reply)
 
@@ -57,7 +66,10 @@ class ImageClient:
             pb.ClassifyRequest(image=image, top_k=top_k, request_id=str(i))
             for i, image in enumerate(images)
         )
-        for reply in self._stub.ClassifyStream(requests, timeout=self._timeout):
+        replies = self._stub.ClassifyStream(
+            requests, timeout=self._timeout, metadata=self._metadata
+        )
+        for reply in replies:
             yield _classification(reply)
 
     def close(self) -> None:

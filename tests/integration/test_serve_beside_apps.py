@@ -17,6 +17,7 @@ from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight._proto.raysight.v1 import image_service_pb2_grpc as image_grpc
+from raysight.client import ImageClient
 from raysight.data import load_arrays
 from raysight.serve import runner
 from raysight.serve.runner import DeployError
@@ -115,6 +116,11 @@ def test_deploy_and_swap_keep_the_other_application(beside: Beside) -> None:
     with pytest.raises(grpc.RpcError) as err:
         _classify(beside.grpc_port, metadata=())
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # raysight's own client (and `raysight predict --application raysight`) sends it.
+    pixels = load_arrays("digits", None, "test").images[0][0]  # (8, 8) uint8
+    with ImageClient(f"127.0.0.1:{beside.grpc_port}", application=runner.APP_NAME) as client:
+        assert len(client.classify(png(pixels), top_k=2).labels) == 2
+        assert [len(c.labels) for c in client.classify_many([png(pixels)] * 2, top_k=1)] == [1, 1]
 
     # A checkpoint swap is a changed user_config, applied in place: again beside the other.
     swapped = ServeSettings.from_dict({**beside.settings.to_dict(), "top_k": 2})
