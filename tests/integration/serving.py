@@ -74,3 +74,22 @@ def wait_serving(target: str, process: subprocess.Popen, timeout: float = 180) -
             pass
         time.sleep(1)
     raise AssertionError(f"{target} never reported SERVING")
+
+
+def stop_serve(dashboard_url: str, timeout: float = 120) -> None:
+    """Shut Serve down on the connected cluster and wait until its controller is gone.
+
+    `serve.shutdown()` may return while the controller is still stopping, and the next test
+    module starts Serve afresh with ports of its own: it must find none running.
+    """
+    from ray import serve
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from raysight.serve import runner
+
+    serve.shutdown()
+    client = ServeSubmissionClient(dashboard_url)
+    deadline = time.monotonic() + timeout
+    while runner.serve_running(client.get_serve_details()):
+        assert time.monotonic() < deadline, f"Serve did not shut down within {timeout:.0f}s"
+        time.sleep(1)

@@ -29,7 +29,7 @@ from raysight.serve import runner
 from raysight.serve.settings import ServeSettings
 from raysight.train.trainer import train
 from tests.conftest import RayCluster, free_port, require_tool
-from tests.integration.serving import png
+from tests.integration.serving import png, stop_serve
 from tests.promql import (
     DASHBOARD,
     Prometheus,
@@ -170,7 +170,6 @@ def _traffic(target: str, seconds: float) -> list[str]:
 
 @pytest.fixture(scope="module")
 def scraped(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
-    from ray import serve
 
     require_tool("prometheus")
     root = tmp_path_factory.mktemp("prometheus")
@@ -205,7 +204,7 @@ def scraped(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -
             raw.stop()
             yield scraped
         finally:
-            serve.shutdown()
+            stop_serve(ray_cluster.dashboard_url)
 
 
 def test_every_recording_rule_returns_data(scraped: Scraped) -> None:

@@ -23,7 +23,7 @@ from raysight.serve import runner
 from raysight.serve.runner import DeployError
 from raysight.serve.settings import ServeSettings
 from tests.conftest import INGRESS, RayCluster, free_port
-from tests.integration.serving import digits_checkpoint, png
+from tests.integration.serving import digits_checkpoint, png, stop_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,12 +70,11 @@ def beside(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
     Serve's ports are fixed while it runs, and the other serving tests start it afresh with
     ports of their own: so it must not run before these tests, nor after them.
     """
-    from ray import serve
 
     client = ServeSubmissionClient(ray_cluster.dashboard_url)
     assert not runner.serve_running(client.get_serve_details()), (
         "Serve already runs on the session cluster: the test that started it should shut "
-        "it down (serve.shutdown()) in its teardown"
+        "it down (serving.stop_serve) in its teardown"
     )
     root = tmp_path_factory.mktemp("beside")
     checkpoint = digits_checkpoint(root / "ckpt", seed=0, epochs=2)
@@ -86,11 +85,7 @@ def beside(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
         _deploy_other(client, config, root / "other")
         yield Beside(client, settings, grpc_port, http_port, _app(client, OTHER))
     finally:
-        serve.shutdown()  # may return while the controller is still stopping: wait for it
-        deadline = time.monotonic() + 120
-        while runner.serve_running(client.get_serve_details()):
-            assert time.monotonic() < deadline, "Serve did not shut down within 120s"
-            time.sleep(1)
+        stop_serve(ray_cluster.dashboard_url)
 
 
 def test_what_the_running_serve_cannot_do_is_refused_before_any_change(

@@ -23,7 +23,7 @@ from raysight.engine import Engine
 from raysight.serve import runner
 from raysight.serve.settings import ServeSettings
 from tests.conftest import RayCluster, free_port, scrape_metrics
-from tests.integration.serving import digits_checkpoint, png
+from tests.integration.serving import digits_checkpoint, png, stop_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,7 +63,6 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    from ray import serve
 
     root = tmp_path_factory.mktemp("serving")
     checkpoints = [digits_checkpoint(root / f"seed{seed}", seed=seed) for seed in (0, 1)]
@@ -73,7 +72,7 @@ def served(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
     try:
         yield Served(port, http_port, checkpoints, settings)
     finally:
-        serve.shutdown()
+        stop_serve(ray_cluster.dashboard_url)
 
 
 def _test_images(n: int) -> tuple[np.ndarray, np.ndarray]:

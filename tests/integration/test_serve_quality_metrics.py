@@ -25,7 +25,7 @@ from raysight.serve import runner
 from raysight.serve.metrics import CONFIDENCE_BUCKETS
 from raysight.serve.settings import ServeSettings
 from tests.conftest import RayCluster, free_port, scrape_metrics
-from tests.integration.serving import digits_checkpoint, png
+from tests.integration.serving import digits_checkpoint, png, stop_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,7 +48,6 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    from ray import serve
 
     path = _checkpoint_with_frequencies(tmp_path_factory.mktemp("quality") / "digits")
     settings = ServeSettings(checkpoint=str(path), max_batch_size=16)
@@ -58,7 +57,7 @@ def served(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
     try:
         yield Served(f"127.0.0.1:{port}", engine, engine.manifest.weights_sha256[:12])
     finally:
-        serve.shutdown()
+        stop_serve(ray_cluster.dashboard_url)
 
 
 def _checkpoint_with_frequencies(directory: Path) -> Path:
