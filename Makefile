@@ -55,7 +55,8 @@ bench: venv
 	$(BIN)/python bench/train_throughput.py
 	test -f runs/digits/manifest.json || \
 	  $(BIN)/raysight train --config services/digits.yaml --epochs 5 --output runs/digits
-	$(BIN)/python bench/serve_throughput.py --checkpoint runs/digits
+	$(BIN)/python bench/serve_bench.py --checkpoint runs/digits --out docs/benchmarks.md \
+	  --plots docs/plots
 
 # The main job on the embedded default data (scikit-learn's 8x8 digits): train with Ray
 # Train on 2 workers, evaluate, then serve the checkpoint with Ray Serve over gRPC, classify
