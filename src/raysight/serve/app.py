@@ -4,7 +4,7 @@ One deployment is the whole application, so every service routes without the `ap
 metadata header in both Serve ingress modes. This class holds the replica's state (the
 served model and settings, metrics, statistics), swaps checkpoints, and is the error
 boundary; each RPC method is decode -> call -> encode over oip_service, images and health.
-The dynamic batch in `_forward` is the only place inputs meet the model.
+The batcher (serve/batching.py) is the only place inputs meet the model.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -27,6 +26,7 @@ from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight.errors import InputError
 from raysight.logs import setup_logging
 from raysight.serve import health, images, oip_service
+from raysight.serve.batching import Batcher, BatchLimits, PassReport
 from raysight.serve.errors import (
     OK,
     ModelNotFoundError,
@@ -43,15 +43,6 @@ from raysight.serve.statistics import Statistics
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _Item:
-    """One request's rows in a dynamic batch, tied to the model it was checked against."""
-
-    model: ServedModel
-    inputs: np.ndarray  # (B_i, C, H, W) float32, normalised
-    queued_at: float
-
-
 @serve.deployment(
     max_ongoing_requests=64,  # Serve's default of 5 would cap every batch at 5 requests
     ray_actor_options={"num_cpus": 1},
@@ -66,6 +57,11 @@ class InferenceServer:
         self._settings: ServeSettings | None = None
         self._metrics = ServingMetrics()
         self._stats = Statistics()
+        # Keyed by the model each item was checked against: items queued across a swap
+        # never share a pass with the other model's.
+        self._batcher: Batcher[ServedModel] = Batcher(
+            _run, BatchLimits(), on_pass=self._record_pass
+        )
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -106,10 +102,7 @@ class InferenceServer:
             self._metrics.set_serving(self._info_tags(new))
             self._export_class_prior(new)
         self._settings = settings
-        # serve.batch adds these setters to the decorated method.
-        self._forward.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
-        wait = settings.batch_wait_timeout_s
-        self._forward.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
+        self._batcher.configure(settings.batch_limits)
 
     @staticmethod
     def _info_tags(model: ServedModel) -> dict[str, str]:
@@ -144,45 +137,17 @@ class InferenceServer:
 
     # ---- the batch --------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _forward(self, items: list[_Item]) -> list[dict[str, np.ndarray] | Exception]:
-        """Run queued requests as few forward passes as possible; one result per request.
-
-        Requests checked against different models (a swap landed while they queued) run
-        separately, so each gets the model whose input shape it was validated for.
-        """
-        results: list[dict[str, np.ndarray] | Exception] = [{} for _ in items]
-        for model, indices in _group_by_model(items).items():
-            started = time.perf_counter()
-            for i in indices:
-                self._metrics.queue_wait.observe(started - items[i].queued_at, tags=_tags(model))
-            batch = np.concatenate([items[i].inputs for i in indices])  # (sum B_i, C, H, W)
-            try:
-                outputs = await asyncio.to_thread(model.run, batch)
-            except Exception as exc:  # the whole pass failed: every request in it fails
-                for i in indices:
-                    results[i] = exc
-                continue
-            seconds = time.perf_counter() - started
-            self._metrics.compute.observe(seconds, tags=_tags(model))
-            self._metrics.batch_size.observe(len(batch), tags=_tags(model))
-            # Every row, whatever outputs its request asked for: logits (N, K) -> top-1.
-            quality = top1_quality(outputs["logits"], model.engine.class_names)
-            self._metrics.record_predictions(_tags(model), quality)
-            self._stats.record_batch(len(batch), seconds)
-            offset = 0
-            for i in indices:
-                rows = len(items[i].inputs)
-                results[i] = {k: v[offset : offset + rows] for k, v in outputs.items()}
-                offset += rows
-        return results
-
-    async def _predict(self, model: ServedModel, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        # serve.batch hands each caller its own entry: a dict, or its Exception.
-        result = await self._forward(_Item(model, inputs, time.perf_counter()))
-        if isinstance(result, Exception):
-            raise result
-        return result
+    def _record_pass(self, report: PassReport[ServedModel]) -> None:
+        model = report.key
+        tags = _tags(model)
+        for wait in report.queue_waits:
+            self._metrics.queue_wait.observe(wait, tags=tags)
+        self._metrics.compute.observe(report.compute_s, tags=tags)
+        self._metrics.batch_size.observe(report.rows, tags=tags)
+        # Every row, whatever outputs its request asked for: logits (N, K) -> top-1.
+        quality = top1_quality(report.outputs["logits"], model.engine.class_names)
+        self._metrics.record_predictions(tags, quality)
+        self._stats.record_batch(report.rows, report.compute_s)
 
     # ---- Open Inference Protocol ------------------------------------------------------------
 
@@ -256,7 +221,7 @@ class InferenceServer:
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self._resolve(request.model_name, request.model_version)
         inputs = oip_service.model_inputs(request, model, self._current_settings())
-        outputs = await self._predict(model, inputs)
+        outputs = await self._batcher.submit(model, inputs)
         response = oip_service.infer_response(request, model, outputs)
         self._metrics.images.inc(len(inputs), tags={**_tags(model), "method": "ModelInfer"})
         return response
@@ -282,7 +247,7 @@ class InferenceServer:
         model = self._resolve(request.model_name, "")
         settings = self._current_settings()
         inputs = images.model_inputs(request, model, settings)  # (1, C, H, W)
-        probabilities = (await self._predict(model, inputs))["probabilities"][0]  # (K,)
+        probabilities = (await self._batcher.submit(model, inputs))["probabilities"][0]  # (K,)
         self._metrics.images.inc(1, tags={**_tags(model), "method": "Classify"})
         return images.classify_response(request, model, settings, probabilities)
 
@@ -391,17 +356,14 @@ def _tags(model: ServedModel) -> dict[str, str]:
     return {"model": model.name, "version": model.version}
 
 
-def _group_by_model(items: list[_Item]) -> dict[ServedModel, list[int]]:
-    groups: dict[ServedModel, list[int]] = {}
-    for i, item in enumerate(items):
-        groups.setdefault(item.model, []).append(i)
-    return groups
-
-
 def _set_status(grpc_context: Any, status: Status) -> None:
     if grpc_context is not None:
         grpc_context.set_code(status.code)
         grpc_context.set_details(status.details)
+
+
+def _run(model: ServedModel, batch: np.ndarray) -> dict[str, np.ndarray]:
+    return model.run(batch)  # (N, C, H, W) float32 -> (N, K) logits and probabilities
 
 
 def _device(setting: str) -> str:

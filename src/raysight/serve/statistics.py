@@ -20,6 +20,8 @@ class Statistics:
         self.execution_count = 0  # forward passes
         self.compute_ns = 0
         self.last_inference_ms = 0
+        # Images per pass -> (passes, ns): what the batcher actually formed.
+        self.batches: dict[int, tuple[int, int]] = {}
 
     def record_request(self, ok: bool, seconds: float) -> None:
         """Count one OIP inference request, answered or failed, and its time."""
@@ -36,6 +38,8 @@ class Statistics:
         self.inference_count += images
         self.execution_count += 1
         self.compute_ns += int(seconds * 1e9)
+        count, ns = self.batches.get(images, (0, 0))
+        self.batches[images] = (count + 1, ns + int(seconds * 1e9))
 
     def to_proto(self, model: ServedModel) -> pb.ModelStatistics:
         return pb.ModelStatistics(
@@ -49,4 +53,10 @@ class Statistics:
                 fail=pb.StatisticDuration(count=self.fail_count, ns=self.fail_ns),
                 compute_infer=pb.StatisticDuration(count=self.execution_count, ns=self.compute_ns),
             ),
+            batch_stats=[
+                pb.InferBatchStatistics(
+                    batch_size=size, compute_infer=pb.StatisticDuration(count=count, ns=ns)
+                )
+                for size, (count, ns) in sorted(self.batches.items())
+            ],
         )
