@@ -36,6 +36,7 @@ from raysight.serve.errors import (
 )
 from raysight.serve.metrics import ServingMetrics
 from raysight.serve.model import ServedModel, load_served_model
+from raysight.serve.offload import Offloader
 from raysight.serve.quality import top1_quality
 from raysight.serve.settings import ServeSettings
 from raysight.serve.statistics import Statistics
@@ -62,6 +63,7 @@ class InferenceServer:
         self._batcher: Batcher[ServedModel] = Batcher(
             _run, BatchLimits(), on_pass=self._record_pass
         )
+        self._offload = Offloader()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -220,7 +222,9 @@ class InferenceServer:
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self._resolve(request.model_name, request.model_version)
-        inputs = oip_service.model_inputs(request, model, self._current_settings())
+        settings = self._current_settings()
+        heavy = oip_service.is_heavy(request)
+        inputs = await self._offload.run(heavy, oip_service.model_inputs, request, model, settings)
         outputs = await self._batcher.submit(model, inputs)
         response = oip_service.infer_response(request, model, outputs)
         self._metrics.images.inc(len(inputs), tags={**_tags(model), "method": "ModelInfer"})
@@ -246,7 +250,8 @@ class InferenceServer:
     async def _classify(self, request: image_pb.ClassifyRequest) -> image_pb.ClassifyResponse:
         model = self._resolve(request.model_name, "")
         settings = self._current_settings()
-        inputs = images.model_inputs(request, model, settings)  # (1, C, H, W)
+        heavy = images.is_heavy(request)
+        inputs = await self._offload.run(heavy, images.model_inputs, request, model, settings)
         probabilities = (await self._batcher.submit(model, inputs))["probabilities"][0]  # (K,)
         self._metrics.images.inc(1, tags={**_tags(model), "method": "Classify"})
         return images.classify_response(request, model, settings, probabilities)

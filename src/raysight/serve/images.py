@@ -13,7 +13,13 @@ from raysight.codec.image import decode_image
 from raysight.errors import InputError
 from raysight.serve.errors import Status
 from raysight.serve.model import ServedModel
+from raysight.serve.offload import INLINE_BYTES
 from raysight.serve.settings import ServeSettings
+
+
+def is_heavy(request: image_pb.ClassifyRequest) -> bool:
+    """Whether decoding the image is worth a worker thread (see serve/offload.py)."""
+    return len(request.image) > INLINE_BYTES
 
 
 def model_inputs(

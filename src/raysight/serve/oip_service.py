@@ -7,6 +7,8 @@ state or knows about Ray; errors are domain errors, mapped to codes by serve/err
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from raysight import __version__
@@ -16,6 +18,7 @@ from raysight.codec import oip
 from raysight.errors import InputError
 from raysight.serve.errors import Status
 from raysight.serve.model import INPUT_NAME, OUTPUTS, ServedModel
+from raysight.serve.offload import INLINE_BYTES, INLINE_PIXEL_BYTES
 from raysight.serve.settings import ServeSettings
 
 EXTENSIONS = ("model_configuration", "statistics", "model_repository")
@@ -81,6 +84,27 @@ def repository_index(model: ServedModel | None) -> pb.RepositoryIndexResponse:
             )
         ]
     )
+
+
+def is_heavy(request: pb.ModelInferRequest) -> bool:
+    """Whether preparing the request is worth a worker thread (see serve/offload.py).
+
+    Read from the message without decoding it: typed contents over INLINE_BYTES (by the
+    shapes the request declares; one that lies only moves a quick refusal to a thread), or
+    UINT8 pixels over INLINE_PIXEL_BYTES. Raw FP32 is a view of the request's bytes: never.
+    """
+    raw = request.raw_input_contents
+    typed = pixels = 0
+    for i, tensor in enumerate(request.inputs):
+        if raw:
+            size = len(raw[i]) if i < len(raw) else 0
+        else:
+            dtype = oip.DATATYPES.get(tensor.datatype)
+            size = math.prod(max(0, d) for d in tensor.shape) * (dtype.itemsize if dtype else 0)
+            typed += size
+        if tensor.datatype == "UINT8":
+            pixels += size
+    return typed > INLINE_BYTES or pixels > INLINE_PIXEL_BYTES
 
 
 def model_inputs(
