@@ -22,6 +22,7 @@ from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.inference import grpc_service_pb2_grpc as pb_grpc
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight._proto.raysight.v1 import image_service_pb2_grpc as image_grpc
+from raysight.codec import oip
 from raysight.data import load_arrays
 from raysight.engine import Engine
 from raysight.serve import runner
@@ -148,3 +149,42 @@ def test_a_large_image_does_not_stall_small_requests(served: Served) -> None:
         record("small")
     assert big.result().predictions
     assert order.index("large") >= 2, order  # small ones answered while it decoded
+
+
+def test_model_stream_answers_every_id_and_a_bad_request_in_band(served: Served) -> None:
+    images = _digits(24)
+    expected = served.engine.classify_pixels(images)  # (24, 10)
+    requests = []
+    for i in range(24):
+        request = pb.ModelInferRequest(model_name=MODEL, id=f"r{i}")
+        pixels = images[i : i + 1] if i != 12 else np.zeros((1, 1, 9, 9), np.uint8)
+        oip.encode_inputs(request, {"images": pixels})
+        requests.append(request)
+    stub = pb_grpc.GRPCInferenceServiceStub(served.channel())
+    replies = list(stub.ModelStreamInfer(iter(requests), timeout=60))
+    assert len(replies) == 24
+    by_id = {r.infer_response.id: r for r in replies}
+    assert sorted(by_id) == sorted(f"r{i}" for i in range(24))
+    assert "shape" in by_id["r12"].error_message
+    for i in (i for i in range(24) if i != 12):
+        reply = by_id[f"r{i}"]
+        assert reply.error_message == ""
+        logits = oip.decode_outputs(reply.infer_response)["logits"]
+        np.testing.assert_allclose(logits, expected[i : i + 1], rtol=1e-5, atol=1e-5)
+
+
+def test_classify_stream_is_pipelined(served: Served) -> None:
+    """A large image first, then small ones and a bad one: the small ones are answered while
+    the large one decodes (one at a time, it would come first), each with its request_id."""
+    small = [png(image[0]) for image in _digits(6)]
+    requests = [image_pb.ClassifyRequest(image=_large_jpeg(), request_id="large")]
+    requests += [image_pb.ClassifyRequest(image=s, request_id=f"s{i}") for i, s in enumerate(small)]
+    requests.insert(4, image_pb.ClassifyRequest(image=b"not an image", request_id="bad"))
+    stub = image_grpc.ImageServiceStub(served.channel())
+    replies = list(stub.ClassifyStream(iter(requests), timeout=120))
+    ids = [r.request_id for r in replies]
+    assert sorted(ids) == sorted(r.request_id for r in requests)
+    assert ids.index("large") > 0, ids
+    by_id = {r.request_id: r for r in replies}
+    assert "not a PNG, JPEG or WebP image" in by_id["bad"].error
+    assert all(by_id[i].predictions and not by_id[i].error for i in ids if i != "bad")

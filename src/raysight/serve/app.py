@@ -25,7 +25,7 @@ from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight.errors import InputError
 from raysight.logs import setup_logging
-from raysight.serve import health, images, oip_service
+from raysight.serve import health, images, oip_service, streams
 from raysight.serve.batching import Batcher, BatchLimits, PassReport
 from raysight.serve.errors import (
     OK,
@@ -210,8 +210,9 @@ class InferenceServer:
     async def ModelStreamInfer(  # noqa: N802
         self, requests: AsyncIterator[pb.ModelInferRequest]
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """One response per request, in order; a failing request answers with its error
-        message and the stream goes on (Triton's ModelStreamInferResponse)."""
+        """One response per request, in completion order, carrying the request's id; a
+        failing request answers with its error message and the stream goes on (Triton's
+        ModelStreamInferResponse)."""
 
         async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
@@ -242,7 +243,8 @@ class InferenceServer:
     async def ClassifyStream(  # noqa: N802
         self, requests: AsyncIterator[image_pb.ClassifyRequest]
     ) -> AsyncIterator[image_pb.ClassifyResponse]:
-        """One response per image, in order; a bad image gets `error` and the stream goes on."""
+        """One response per image, in completion order, carrying its request_id; a bad image
+        gets `error` and the stream goes on."""
         failed = images.stream_failure
         async for response in self._each("ClassifyStream", requests, self._classify, failed):
             yield response
@@ -303,18 +305,22 @@ class InferenceServer:
         answer: Callable[[Any], Awaitable[Any]],
         failed: Callable[[Any, Status], Any],
     ) -> AsyncIterator[Any]:
-        """The error boundary of a bidirectional stream: each request is counted and answered
-        on its own, and a failure becomes an in-band error instead of ending the stream."""
-        async for request in requests:
+        """The error boundary of a bidirectional stream: requests are read as they arrive and
+        answered as each completes (serve/streams.py); each is counted on its own, and a
+        failure becomes an in-band error instead of ending the stream."""
+
+        async def guarded(request: Any) -> Any:
             started = time.perf_counter()
             try:
                 response = await answer(request)
             except Exception as exc:
                 status = status_for(exc, method)
                 self._count(method, status, started, exc)
-                yield failed(request, status)
-                continue
+                return failed(request, status)
             self._count(method, OK, started)
+            return response
+
+        async for response in streams.pipelined(requests, guarded):
             yield response
 
     @contextmanager

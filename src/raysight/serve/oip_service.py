@@ -160,5 +160,11 @@ def infer_response(
 
 
 def stream_failure(request: pb.ModelInferRequest, status: Status) -> pb.ModelStreamInferResponse:
-    """A failed stream request's answer: the error message, as Triton's stream answers."""
-    return pb.ModelStreamInferResponse(error_message=status.details)
+    """A failed stream request's answer: the error, and the request's id (as Triton does) so
+    that a client can tell which request failed."""
+    return pb.ModelStreamInferResponse(
+        error_message=status.details,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
