@@ -61,7 +61,12 @@ class ImageClient:
         return _classification(reply)
 
     def classify_many(self, images: Iterable[bytes], top_k: int = 0) -> Iterator[Classification]:
-        """Many images on one streaming call; a bad image yields a result with `error` set."""
+        """Many images on one streaming call, results in the order of `images`; a bad image
+        yields a result with `error` set.
+
+        The server answers in completion order; results that come early wait here for
+        those before them (at most the server's window of a stream, 64).
+        """
         requests = (
             pb.ClassifyRequest(image=image, top_k=top_k, request_id=str(i))
             for i, image in enumerate(images)
@@ -69,8 +74,15 @@ class ImageClient:
         replies = self._stub.ClassifyStream(
             requests, timeout=self._timeout, metadata=self._metadata
         )
+        early: dict[int, Classification] = {}
+        following = 0
         for reply in replies:
-            yield _classification(reply)
+            early[int(reply.request_id)] = _classification(reply)
+            while following in early:
+                yield early.pop(following)
+                following += 1
+        if early:  # the stream ended without this one's answer
+            raise RuntimeError(f"the server sent no answer for image {following}")
 
     def close(self) -> None:
         self._channel.close()

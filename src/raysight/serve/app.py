@@ -1,8 +1,10 @@
 """The gRPC ingress deployment: Open Inference Protocol, the image API and health checks.
 
 One deployment is the whole application, so every service routes without the `application`
-metadata header in both Serve ingress modes. Each RPC method is decode -> call -> encode;
-the dynamic batch in `_forward` is the only place images meet the model.
+metadata header in both Serve ingress modes. This class holds the replica's state (the
+served model and settings, metrics, statistics), swaps checkpoints, and is the error
+boundary; each RPC method is decode -> call -> encode over oip_service, images and health.
+The batcher (serve/batching.py) is the only place inputs meet the model.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -20,14 +21,12 @@ import numpy as np
 from grpc_health.v1 import health_pb2
 from ray import serve
 
-from raysight import __version__
 from raysight._proto.inference import grpc_service_pb2 as pb
-from raysight._proto.inference import model_config_pb2 as mc
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
-from raysight.codec import oip
-from raysight.codec.image import decode_image
 from raysight.errors import InputError
 from raysight.logs import setup_logging
+from raysight.serve import health, images, oip_service, streams
+from raysight.serve.batching import Batcher, BatchLimits, PassReport
 from raysight.serve.errors import (
     OK,
     ModelNotFoundError,
@@ -35,25 +34,14 @@ from raysight.serve.errors import (
     Status,
     status_for,
 )
-from raysight.serve.grpc_services import SERVICE_NAMES
 from raysight.serve.metrics import ServingMetrics
-from raysight.serve.model import INPUT_NAME, OUTPUTS, ServedModel, load_served_model
+from raysight.serve.model import ServedModel, load_served_model
+from raysight.serve.offload import Offloader
 from raysight.serve.quality import top1_quality
 from raysight.serve.settings import ServeSettings
+from raysight.serve.statistics import Statistics
 
 logger = logging.getLogger(__name__)
-
-_SERVING = health_pb2.HealthCheckResponse.SERVING
-_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@dataclass
-class _Item:
-    """One request's rows in a dynamic batch, tied to the model it was checked against."""
-
-    model: ServedModel
-    inputs: np.ndarray  # (B_i, C, H, W) float32, normalised
-    queued_at: float
 
 
 @serve.deployment(
@@ -69,7 +57,13 @@ class InferenceServer:
         self._model: ServedModel | None = None
         self._settings: ServeSettings | None = None
         self._metrics = ServingMetrics()
-        self._stats = _Statistics()
+        self._stats = Statistics()
+        # Keyed by the model each item was checked against: items queued across a swap
+        # never share a pass with the other model's.
+        self._batcher: Batcher[ServedModel] = Batcher(
+            _run, BatchLimits(), on_pass=self._record_pass
+        )
+        self._offload = Offloader()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -110,10 +104,7 @@ class InferenceServer:
             self._metrics.set_serving(self._info_tags(new))
             self._export_class_prior(new)
         self._settings = settings
-        # serve.batch adds these setters to the decorated method.
-        self._forward.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
-        wait = settings.batch_wait_timeout_s
-        self._forward.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
+        self._batcher.configure(settings.batch_limits)
 
     @staticmethod
     def _info_tags(model: ServedModel) -> dict[str, str]:
@@ -148,45 +139,17 @@ class InferenceServer:
 
     # ---- the batch --------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _forward(self, items: list[_Item]) -> list[dict[str, np.ndarray] | Exception]:
-        """Run queued requests as few forward passes as possible; one result per request.
-
-        Requests checked against different models (a swap landed while they queued) run
-        separately, so each gets the model whose input shape it was validated for.
-        """
-        results: list[dict[str, np.ndarray] | Exception] = [{} for _ in items]
-        for model, indices in _group_by_model(items).items():
-            started = time.perf_counter()
-            for i in indices:
-                self._metrics.queue_wait.observe(started - items[i].queued_at, tags=_tags(model))
-            batch = np.concatenate([items[i].inputs for i in indices])  # (sum B_i, C, H, W)
-            try:
-                outputs = await asyncio.to_thread(model.run, batch)
-            except Exception as exc:  # the whole pass failed: every request in it fails
-                for i in indices:
-                    results[i] = exc
-                continue
-            seconds = time.perf_counter() - started
-            self._metrics.compute.observe(seconds, tags=_tags(model))
-            self._metrics.batch_size.observe(len(batch), tags=_tags(model))
-            # Every row, whatever outputs its request asked for: logits (N, K) -> top-1.
-            quality = top1_quality(outputs["logits"], model.engine.class_names)
-            self._metrics.record_predictions(_tags(model), quality)
-            self._stats.record_batch(len(batch), seconds)
-            offset = 0
-            for i in indices:
-                rows = len(items[i].inputs)
-                results[i] = {k: v[offset : offset + rows] for k, v in outputs.items()}
-                offset += rows
-        return results
-
-    async def _predict(self, model: ServedModel, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        # serve.batch hands each caller its own entry: a dict, or its Exception.
-        result = await self._forward(_Item(model, inputs, time.perf_counter()))
-        if isinstance(result, Exception):
-            raise result
-        return result
+    def _record_pass(self, report: PassReport[ServedModel]) -> None:
+        model = report.key
+        tags = _tags(model)
+        for wait in report.queue_waits:
+            self._metrics.queue_wait.observe(wait, tags=tags)
+        self._metrics.compute.observe(report.compute_s, tags=tags)
+        self._metrics.batch_size.observe(report.rows, tags=tags)
+        # Every row, whatever outputs its request asked for: logits (N, K) -> top-1.
+        quality = top1_quality(report.outputs["logits"], model.engine.class_names)
+        self._metrics.record_predictions(tags, quality)
+        self._stats.record_batch(report.rows, report.compute_s)
 
     # ---- Open Inference Protocol ------------------------------------------------------------
 
@@ -207,34 +170,13 @@ class InferenceServer:
     async def ServerMetadata(  # noqa: N802
         self, request: pb.ServerMetadataRequest
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(
-            name="raysight",
-            version=__version__,
-            extensions=["model_configuration", "statistics", "model_repository"],
-        )
+        return oip_service.server_metadata()
 
     async def ModelMetadata(  # noqa: N802
         self, request: pb.ModelMetadataRequest, grpc_context: Any = None
     ) -> pb.ModelMetadataResponse:
         with self._rpc("ModelMetadata", grpc_context):
-            model = self._resolve(request.name, request.version)
-            shape = [-1, *model.input_shape]
-            return pb.ModelMetadataResponse(
-                name=model.name,
-                versions=[model.version],
-                platform="pytorch",
-                inputs=[
-                    pb.ModelMetadataResponse.TensorMetadata(
-                        name=INPUT_NAME, datatype="FP32", shape=shape
-                    )
-                ],
-                outputs=[
-                    pb.ModelMetadataResponse.TensorMetadata(
-                        name=name, datatype="FP32", shape=[-1, model.num_classes]
-                    )
-                    for name in OUTPUTS
-                ],
-            )
+            return oip_service.model_metadata(self._resolve(request.name, request.version))
         return pb.ModelMetadataResponse()
 
     async def ModelConfig(  # noqa: N802
@@ -242,28 +184,7 @@ class InferenceServer:
     ) -> pb.ModelConfigResponse:
         with self._rpc("ModelConfig", grpc_context):
             model = self._resolve(request.name, request.version)
-            settings = self._current_settings()
-            return pb.ModelConfigResponse(
-                config=mc.ModelConfig(
-                    name=model.name,
-                    platform="pytorch",
-                    backend="raysight",
-                    max_batch_size=settings.max_batch_size,
-                    # With max_batch_size > 0, dims leave out the batch dimension.
-                    input=[
-                        mc.ModelInput(
-                            name=INPUT_NAME, data_type=mc.TYPE_FP32, dims=list(model.input_shape)
-                        )
-                    ],
-                    output=[
-                        mc.ModelOutput(name=name, data_type=mc.TYPE_FP32, dims=[model.num_classes])
-                        for name in OUTPUTS
-                    ],
-                    dynamic_batching=mc.ModelDynamicBatching(
-                        max_queue_delay_microseconds=int(settings.batch_wait_timeout_s * 1e6)
-                    ),
-                )
-            )
+            return oip_service.model_config(model, self._current_settings())
         return pb.ModelConfigResponse()
 
     async def ModelStatistics(  # noqa: N802
@@ -277,16 +198,7 @@ class InferenceServer:
     async def RepositoryIndex(  # noqa: N802
         self, request: pb.RepositoryIndexRequest
     ) -> pb.RepositoryIndexResponse:
-        model = self._model
-        if model is None:
-            return pb.RepositoryIndexResponse()
-        return pb.RepositoryIndexResponse(
-            models=[
-                pb.RepositoryIndexResponse.ModelIndex(
-                    name=model.name, version=model.version, state="READY"
-                )
-            ]
-        )
+        return oip_service.repository_index(self._model)
 
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, grpc_context: Any = None
@@ -298,56 +210,26 @@ class InferenceServer:
     async def ModelStreamInfer(  # noqa: N802
         self, requests: AsyncIterator[pb.ModelInferRequest]
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """One response per request, in order; a failing request answers with its error
-        message and the stream goes on (Triton's ModelStreamInferResponse)."""
+        """One response per request, in completion order, carrying the request's id; a
+        failing request answers with its error message and the stream goes on (Triton's
+        ModelStreamInferResponse)."""
 
         async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
 
-        def failed(request: pb.ModelInferRequest, status: Status) -> pb.ModelStreamInferResponse:
-            return pb.ModelStreamInferResponse(error_message=status.details)
-
+        failed = oip_service.stream_failure
         async for response in self._each("ModelStreamInfer", requests, answer, failed):
             yield response
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self._resolve(request.model_name, request.model_version)
         settings = self._current_settings()
-        tensors = oip.decode_inputs(request, max_batch_size=settings.max_batch_size)
-        if set(tensors) != {INPUT_NAME}:
-            raise InputError(
-                f'inputs: expected one input named "{INPUT_NAME}", got {sorted(tensors)}',
-                reason="bad_input_name",
-            )
-        inputs = self._model_ready_inputs(model, tensors[INPUT_NAME])
-        outputs = await self._predict(model, inputs)
-        response = pb.ModelInferResponse(
-            model_name=model.name, model_version=model.version, id=request.id
-        )
-        requested = [o.name for o in request.outputs]
-        oip.encode_outputs(response, outputs, requested=requested)
+        heavy = oip_service.is_heavy(request)
+        inputs = await self._offload.run(heavy, oip_service.model_inputs, request, model, settings)
+        outputs = await self._batcher.submit(model, inputs)
+        response = oip_service.infer_response(request, model, outputs)
         self._metrics.images.inc(len(inputs), tags={**_tags(model), "method": "ModelInfer"})
         return response
-
-    @staticmethod
-    def _model_ready_inputs(model: ServedModel, tensor: np.ndarray) -> np.ndarray:
-        """FP32 is taken as normalised already; UINT8 pixels are normalised here."""
-        expected = model.input_shape
-        if tensor.ndim != 4 or tuple(tensor.shape[1:]) != expected:
-            raise InputError(
-                f'inputs "{INPUT_NAME}": shape must be [-1, {", ".join(map(str, expected))}], '
-                f"got {list(tensor.shape)}",
-                reason="bad_shape",
-            )
-        if tensor.dtype == np.uint8:
-            return model.engine.normalize(tensor)
-        if tensor.dtype == np.float32:
-            return np.ascontiguousarray(tensor)
-        raise InputError(
-            f'inputs "{INPUT_NAME}": datatype must be FP32 (normalised) or UINT8 (pixels), '
-            f"got {oip.from_numpy_dtype(tensor.dtype)}",
-            reason="bad_datatype",
-        )
 
     # ---- image API ------------------------------------------------------------------------
 
@@ -361,48 +243,27 @@ class InferenceServer:
     async def ClassifyStream(  # noqa: N802
         self, requests: AsyncIterator[image_pb.ClassifyRequest]
     ) -> AsyncIterator[image_pb.ClassifyResponse]:
-        """One response per image, in order; a bad image gets `error` and the stream goes on."""
-
-        def failed(request: image_pb.ClassifyRequest, status: Status) -> image_pb.ClassifyResponse:
-            return image_pb.ClassifyResponse(request_id=request.request_id, error=status.details)
-
+        """One response per image, in completion order, carrying its request_id; a bad image
+        gets `error` and the stream goes on."""
+        failed = images.stream_failure
         async for response in self._each("ClassifyStream", requests, self._classify, failed):
             yield response
 
     async def _classify(self, request: image_pb.ClassifyRequest) -> image_pb.ClassifyResponse:
         model = self._resolve(request.model_name, "")
         settings = self._current_settings()
-        channels, height, width = model.input_shape
-        pixels = decode_image(
-            request.image, size=(height, width), channels=channels, limits=settings.image_limits
-        )  # (C, H, W) uint8
-        inputs = model.engine.normalize(pixels[None])  # (1, C, H, W) float32
-        probabilities = (await self._predict(model, inputs))["probabilities"][0]  # (K,)
-        if request.top_k < 0:
-            raise InputError(f"top_k must be >= 0, got {request.top_k}", reason="bad_top_k")
-        k = min(request.top_k or settings.top_k, model.num_classes)
-        best = np.argsort(-probabilities, kind="stable")[:k]
+        heavy = images.is_heavy(request)
+        inputs = await self._offload.run(heavy, images.model_inputs, request, model, settings)
+        probabilities = (await self._batcher.submit(model, inputs))["probabilities"][0]  # (K,)
         self._metrics.images.inc(1, tags={**_tags(model), "method": "Classify"})
-        return image_pb.ClassifyResponse(
-            predictions=[
-                image_pb.Prediction(
-                    label=model.engine.class_names[i],
-                    class_index=int(i),
-                    score=float(probabilities[i]),
-                )
-                for i in best
-            ],
-            model_name=model.name,
-            model_version=model.version,
-            request_id=request.request_id,
-        )
+        return images.classify_response(request, model, settings, probabilities)
 
     # ---- health -----------------------------------------------------------------------------
 
     async def Check(  # noqa: N802
         self, request: health_pb2.HealthCheckRequest, grpc_context: Any = None
     ) -> health_pb2.HealthCheckResponse:
-        status = self._health(request.service)
+        status = health.status(request.service, self._model is not None)
         if status is None:
             _set_status(
                 grpc_context,
@@ -415,19 +276,8 @@ class InferenceServer:
         self, request: health_pb2.HealthCheckRequest
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         """Send the status now and again whenever it changes, until the client hangs up."""
-        last = None
-        while True:
-            status = self._health(request.service)
-            current = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN if status is None else status
-            if current != last:
-                yield health_pb2.HealthCheckResponse(status=current)
-                last = current
-            await asyncio.sleep(1.0)
-
-    def _health(self, service: str) -> int | None:
-        if service and service not in SERVICE_NAMES:
-            return None
-        return _SERVING if self._model is not None else _NOT_SERVING
+        async for response in health.watch(request.service, lambda: self._model is not None):
+            yield response
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -455,18 +305,22 @@ class InferenceServer:
         answer: Callable[[Any], Awaitable[Any]],
         failed: Callable[[Any, Status], Any],
     ) -> AsyncIterator[Any]:
-        """The error boundary of a bidirectional stream: each request is counted and answered
-        on its own, and a failure becomes an in-band error instead of ending the stream."""
-        async for request in requests:
+        """The error boundary of a bidirectional stream: requests are read as they arrive and
+        answered as each completes (serve/streams.py); each is counted on its own, and a
+        failure becomes an in-band error instead of ending the stream."""
+
+        async def guarded(request: Any) -> Any:
             started = time.perf_counter()
             try:
                 response = await answer(request)
             except Exception as exc:
                 status = status_for(exc, method)
                 self._count(method, status, started, exc)
-                yield failed(request, status)
-                continue
+                return failed(request, status)
             self._count(method, OK, started)
+            return response
+
+        async for response in streams.pipelined(requests, guarded):
             yield response
 
     @contextmanager
@@ -513,17 +367,14 @@ def _tags(model: ServedModel) -> dict[str, str]:
     return {"model": model.name, "version": model.version}
 
 
-def _group_by_model(items: list[_Item]) -> dict[ServedModel, list[int]]:
-    groups: dict[ServedModel, list[int]] = {}
-    for i, item in enumerate(items):
-        groups.setdefault(item.model, []).append(i)
-    return groups
-
-
 def _set_status(grpc_context: Any, status: Status) -> None:
     if grpc_context is not None:
         grpc_context.set_code(status.code)
         grpc_context.set_details(status.details)
+
+
+def _run(model: ServedModel, batch: np.ndarray) -> dict[str, np.ndarray]:
+    return model.run(batch)  # (N, C, H, W) float32 -> (N, K) logits and probabilities
 
 
 def _device(setting: str) -> str:
@@ -532,48 +383,6 @@ def _device(setting: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-class _Statistics:
-    """Triton-style cumulative statistics of this replica (ModelStatistics)."""
-
-    def __init__(self) -> None:
-        self.success_count = 0
-        self.success_ns = 0
-        self.fail_count = 0
-        self.fail_ns = 0
-        self.inference_count = 0  # images
-        self.execution_count = 0  # forward passes
-        self.compute_ns = 0
-        self.last_inference_ms = 0
-
-    def record_request(self, ok: bool, seconds: float) -> None:
-        if ok:
-            self.success_count += 1
-            self.success_ns += int(seconds * 1e9)
-        else:
-            self.fail_count += 1
-            self.fail_ns += int(seconds * 1e9)
-        self.last_inference_ms = int(time.time() * 1000)
-
-    def record_batch(self, images: int, seconds: float) -> None:
-        self.inference_count += images
-        self.execution_count += 1
-        self.compute_ns += int(seconds * 1e9)
-
-    def to_proto(self, model: ServedModel) -> pb.ModelStatistics:
-        return pb.ModelStatistics(
-            name=model.name,
-            version=model.version,
-            last_inference=self.last_inference_ms,
-            inference_count=self.inference_count,
-            execution_count=self.execution_count,
-            inference_stats=pb.InferStatistics(
-                success=pb.StatisticDuration(count=self.success_count, ns=self.success_ns),
-                fail=pb.StatisticDuration(count=self.fail_count, ns=self.fail_ns),
-                compute_infer=pb.StatisticDuration(count=self.execution_count, ns=self.compute_ns),
-            ),
-        )
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

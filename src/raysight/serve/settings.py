@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 from raysight.codec.image import ImageLimits
 from raysight.config import doc, from_plain
 from raysight.errors import ConfigError
+from raysight.serve.batching import BatchLimits
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -37,13 +38,29 @@ class ServeSettings:
     max_batch_size: int = field(
         default=32,
         metadata=doc(
-            "Most requests one forward pass joins, and most images one request may carry "
-            "(a request with more is refused)."
+            "Most images one forward pass holds, and most one request may carry (a request "
+            "with more is refused)."
         ),
     )
     batch_wait_timeout_s: float = field(
         default=0.005,
-        metadata=doc("How long the first request of a batch waits for others to join it."),
+        metadata=doc(
+            "The most the first request of a batch waits for others to join, and only when "
+            "the measured cost of a pass says waiting pays (a large fixed cost per pass, as "
+            "on a GPU, with other requests in flight); a lone request never waits."
+        ),
+    )
+    latency_target_s: float = field(
+        default=0.0,
+        metadata=doc(
+            "Queue wait + compute a forward pass should stay under: over it, the batch's row "
+            "cap halves, under it the cap grows by one up to max_batch_size. 0 (off) keeps "
+            "the cap at max_batch_size, the most throughput."
+        ),
+    )
+    max_concurrent_batches: int = field(
+        default=1,
+        metadata=doc("Forward passes one replica runs at once, each in its own thread."),
     )
     top_k: int = field(
         default=5, metadata=doc("Labels returned by Classify when the request does not say.")
@@ -62,11 +79,13 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if not self.checkpoint:
             raise ConfigError("checkpoint is required")
-        for name in ("max_batch_size", "top_k", "max_image_bytes", "max_image_pixels"):
+        positive = ("max_batch_size", "max_concurrent_batches", "top_k", "max_image_bytes")
+        for name in (*positive, "max_image_pixels"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.batch_wait_timeout_s < 0:
-            raise ConfigError(f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
+        for name in ("batch_wait_timeout_s", "latency_target_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         # Checked here too, not only by from_dict: the constructor is called directly.
         if self.device not in get_args(Device):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
@@ -82,6 +101,15 @@ class ServeSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def batch_limits(self) -> BatchLimits:
+        return BatchLimits(
+            max_batch_size=self.max_batch_size,
+            max_wait_s=self.batch_wait_timeout_s,
+            latency_target_s=self.latency_target_s,
+            max_concurrent=self.max_concurrent_batches,
+        )
 
     @property
     def image_limits(self) -> ImageLimits:

@@ -134,8 +134,10 @@ class GRPCInferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ModelStreamInfer(self, request_iterator, context):
-        """Runs a stream of inference requests. An error of one request comes back
-        in that request's ModelStreamInferResponse and the stream goes on.
+        """Runs a stream of inference requests, worked on concurrently and answered
+        as each completes: match responses by `id`. An error of one request comes
+        back in that request's ModelStreamInferResponse (with its `id` in
+        `infer_response`) and the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

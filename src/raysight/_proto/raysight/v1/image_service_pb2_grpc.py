@@ -65,10 +65,12 @@ class ImageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClassifyStream(self, request_iterator, context):
-        """Classifies a stream of images. Each request gets exactly one response, in
-        the order the requests were sent. A problem with one item is reported in
-        that item's `ClassifyResponse.error` and the stream goes on; the stream
-        itself fails only when the whole call cannot proceed.
+        """Classifies a stream of images. Each request gets exactly one response,
+        carrying its `request_id`; requests are worked on concurrently and
+        answered as each completes, so match responses by `request_id`, not by
+        position. A problem with one item is reported in that item's
+        `ClassifyResponse.error` and the stream goes on; the stream itself fails
+        only when the whole call cannot proceed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,382 @@
+"""Dynamic batching counted in images: many requests' rows, one forward pass.
+
+Pure asyncio and numpy: the model is whatever `run(key, batch)` does, in a worker thread.
+
+The policy, in the order it decides:
+
+1. **Dispatch when free.** Whenever fewer than `max_concurrent` passes run and something is
+   queued, a pass starts. It takes the oldest item and, in arrival order, the queued items
+   checked against the same model (a swap may land while items queue; different models
+   never share a pass) while their rows fit the row cap; it stops at the first that does
+   not fit, so a large request is never overtaken for long. An item is never split, and
+   the oldest always goes, even when it alone is over a shrunken cap. Items that arrive
+   while passes run wait and form the next batch: batches grow with load, not with a timer,
+   and a request that finds the model idle runs at once.
+2. **Row cap (AIMD).** With `latency_target_s` > 0, each pass measures its latency: the
+   oldest item's queue wait plus the compute time. Over the target, the cap halves (at
+   least 1 row); otherwise it grows by one row, up to `max_batch_size`. With the target 0
+   the cap stays at `max_batch_size`, which gives the most throughput.
+3. **Waiting pays only for a fixed cost.** Each pass also feeds an exponentially weighted
+   least-squares fit of its compute time t(n) = a + b·n over its n rows. When a model is
+   free and the queued rows q would make a pass mostly fixed cost (a > b·q, as on a GPU
+   with launch overhead), and recent arrivals found other requests in flight (someone is
+   likely to join), the oldest item may wait for more, up to `max_wait_s` and never longer
+   than a: without the wait the latecomers run together in the next pass anyway, so
+   waiting saves at most one fixed cost. It stops waiting once the rows reach the cap or
+   a/b (where the fixed cost is half the pass). On a CPU, where a is near 0, and for a
+   lone request, nothing waits.
+
+Exceptions in a pass fail that pass's items only. An item whose caller goes away before its
+pass starts leaves the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+Outputs = dict[str, np.ndarray]
+"""A forward pass's outputs by name, each with the batch as its first dimension."""
+
+_DECAY = 0.95  # weight of the past per observation: about the last 20 passes count
+_MIN_SPREAD = 0.25  # variance of n (rows²) below which a and b cannot be told apart
+_COMPANY = 1.0  # mean others in flight at arrival above which someone is likely to join
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """The knobs of a batcher, from the serving settings.
+
+    Attributes:
+        max_batch_size: The most rows (images) one pass holds, and one item may carry.
+        max_wait_s: The most the oldest item waits for others, when waiting pays.
+        latency_target_s: Queue wait + compute a pass should stay under; 0 turns the
+            adaptive row cap off.
+        max_concurrent: Forward passes that may run at once.
+    """
+
+    max_batch_size: int = 32
+    max_wait_s: float = 0.005
+    latency_target_s: float = 0.0
+    max_concurrent: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_concurrent < 1:
+            raise ValueError(
+                f"max_batch_size and max_concurrent must be at least 1, got "
+                f"{self.max_batch_size}, {self.max_concurrent}"
+            )
+        if self.max_wait_s < 0 or self.latency_target_s < 0:
+            raise ValueError(
+                f"max_wait_s and latency_target_s must be >= 0, got {self.max_wait_s}, "
+                f"{self.latency_target_s}"
+            )
+
+
+class CostModel:
+    """Compute time of a pass, t(n) = a + b·n, by exponentially weighted least squares."""
+
+    def __init__(self, decay: float = _DECAY) -> None:
+        self._decay = decay
+        # Weighted sums of 1, n, t, n², n·t over the passes seen.
+        self._w = self._n = self._t = self._nn = self._nt = 0.0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        d = self._decay
+        self._w = d * self._w + 1.0
+        self._n = d * self._n + rows
+        self._t = d * self._t + seconds
+        self._nn = d * self._nn + rows * rows
+        self._nt = d * self._nt + rows * seconds
+
+    def fit(self) -> tuple[float, float] | None:
+        """(a, b) in seconds and seconds per row, both >= 0; None until passes of different
+        sizes have been seen (at one size the fixed and per-row costs are not separable)."""
+        if self._w == 0.0:
+            return None
+        mean_n = self._n / self._w
+        spread = self._nn / self._w - mean_n * mean_n  # weighted variance of n
+        if spread < _MIN_SPREAD:
+            return None
+        b = max(0.0, (self._nt / self._w - mean_n * self._t / self._w) / spread)
+        a = max(0.0, self._t / self._w - b * mean_n)
+        return a, b
+
+
+class BatchPolicy:
+    """How many rows the next pass may take, and whether to wait for more (the module's
+    policy, points 2 and 3). Pure: the caller supplies every time and size."""
+
+    def __init__(self, limits: BatchLimits) -> None:
+        self.limits = limits
+        self.cap = limits.max_batch_size
+        self.cost = CostModel()
+        self._company = 0.0  # weighted mean of the others in flight when an item arrives
+
+    def configure(self, limits: BatchLimits) -> None:
+        """New limits; the cap starts again from the top, the cost model is kept."""
+        self.limits = limits
+        self.cap = limits.max_batch_size
+
+    def on_arrival(self, others: int) -> None:
+        """An item arrived and found `others` items queued or in running passes."""
+        self._company = _DECAY * self._company + (1 - _DECAY) * others
+
+    def wait_s(self, queued_rows: int, waited_s: float) -> float:
+        """How much longer the oldest item should wait for others; 0: start the pass now.
+
+        Args:
+            queued_rows: Rows the pass would take if it started now.
+            waited_s: How long the oldest item has waited already.
+        """
+        if queued_rows >= self.cap or self._company < _COMPANY:
+            return 0.0
+        fit = self.cost.fit()
+        if fit is None:
+            return 0.0
+        a, b = fit
+        if a <= b * queued_rows:  # at most half the pass is fixed cost: waiting cannot pay
+            return 0.0
+        return max(0.0, min(self.limits.max_wait_s, a) - waited_s)
+
+    def on_pass(self, rows: int, latency_s: float, compute_s: float) -> None:
+        """A pass of `rows` finished: `compute_s` in the model, `latency_s` for its oldest
+        item from arrival to the end of the pass."""
+        self.cost.observe(rows, compute_s)
+        target = self.limits.latency_target_s
+        if target <= 0:
+            self.cap = self.limits.max_batch_size
+        elif latency_s > target:
+            self.cap = max(1, self.cap // 2)
+        else:
+            self.cap = min(self.limits.max_batch_size, self.cap + 1)
+
+
+@dataclass(eq=False)
+class _Item(Generic[K]):
+    """One request's rows, tied to the model (key) it was checked against."""
+
+    key: K
+    inputs: np.ndarray  # (B_i, ...) the request's rows
+    queued_at: float
+    future: asyncio.Future[Outputs] = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass(frozen=True)
+class PassReport(Generic[K]):
+    """What one successful forward pass did, for metrics and statistics.
+
+    Attributes:
+        key: The model the pass ran on.
+        rows: Images in the pass.
+        queue_waits: Seconds each item waited before the pass started, oldest first.
+        compute_s: Seconds the pass took in `run`.
+        outputs: The whole pass's outputs, (rows, ...) each.
+    """
+
+    key: K
+    rows: int
+    queue_waits: tuple[float, ...]
+    compute_s: float
+    outputs: Outputs
+
+
+class Batcher(Generic[K]):
+    """Queues items and runs them in forward passes off the event loop (module policy).
+
+    Args:
+        run: The forward pass: (key, (N, ...) batch) -> outputs with N rows each. Called in
+            a worker thread, at most `limits.max_concurrent` at once.
+        limits: The knobs.
+        on_pass: Called on the event loop after each successful pass; its errors are logged
+            and never reach the items.
+        clock: Monotonic seconds; a test may pass its own.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[K, np.ndarray], Outputs],
+        limits: BatchLimits,
+        *,
+        on_pass: Callable[[PassReport[K]], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._run = run
+        self._on_pass = on_pass
+        self._clock = clock
+        self.policy = BatchPolicy(limits)
+        self._executor = _executor(limits.max_concurrent)
+        self._queue: list[_Item[K]] = []
+        self._running = 0  # passes started and not finished
+        self._in_passes = 0  # items in those passes
+        self._tasks: set[asyncio.Task[None]] = set()  # held so they are not collected
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def limits(self) -> BatchLimits:
+        return self.policy.limits
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a pass."""
+        return len(self._queue)
+
+    def configure(self, limits: BatchLimits) -> None:
+        """Apply new limits; passes already running finish as they are."""
+        if limits.max_concurrent != self.limits.max_concurrent:
+            self._executor.shutdown(wait=False)
+            self._executor = _executor(limits.max_concurrent)
+        self.policy.configure(limits)
+        self._kick()
+
+    def close(self) -> None:
+        """Let the worker threads end once their passes finish."""
+        self._executor.shutdown(wait=False)
+
+    async def submit(self, key: K, inputs: np.ndarray) -> Outputs:
+        """Queue `inputs` (B, ...) for a pass on `key`; its B rows of every output.
+
+        Raises:
+            ValueError: If B is 0 or over max_batch_size (the caller refuses such requests).
+            Exception: Whatever `run` raised for this item's pass.
+        """
+        rows = len(inputs)
+        if not 1 <= rows <= self.limits.max_batch_size:
+            raise ValueError(f"an item needs 1..{self.limits.max_batch_size} rows, got {rows}")
+        item = _Item(key, inputs, self._clock(), asyncio.get_running_loop().create_future())
+        self.policy.on_arrival(len(self._queue) + self._in_passes)
+        self._queue.append(item)
+        self._kick()
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            if item in self._queue:  # not started: no pass will carry it
+                self._queue.remove(item)
+            raise
+
+    # ---- dispatch ---------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Start passes while a slot is free and something is queued (or arm the wait)."""
+        while self._queue and self._running < self.limits.max_concurrent:
+            items = self._take()
+            head = items[0]
+            rows = sum(item.rows for item in items)
+            wait = self.policy.wait_s(rows, self._clock() - head.queued_at)
+            if wait > 0:
+                self._arm(wait)
+                return
+            self._start(self._pop(items))
+        self._disarm()
+
+    def _take(self) -> list[_Item[K]]:
+        """The next pass: the oldest item, then same-model items while they fit the cap."""
+        head = self._queue[0]
+        taken, rows = [head], head.rows
+        for item in self._queue[1:]:
+            if item.key != head.key:
+                continue  # another model's items wait for a pass of their own
+            if rows + item.rows > self.policy.cap:
+                break
+            taken.append(item)
+            rows += item.rows
+        return taken
+
+    def _pop(self, items: list[_Item[K]]) -> list[_Item[K]]:
+        chosen = set(map(id, items))
+        self._queue = [item for item in self._queue if id(item) not in chosen]
+        return items
+
+    def _arm(self, delay: float) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._kick()
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _start(self, items: list[_Item[K]]) -> None:
+        self._running += 1
+        self._in_passes += len(items)
+        task = asyncio.get_running_loop().create_task(self._pass(items))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- one pass ---------------------------------------------------------------------------
+
+    async def _pass(self, items: list[_Item[K]]) -> None:
+        started = self._clock()
+        key = items[0].key
+        batch = (
+            items[0].inputs if len(items) == 1 else np.concatenate([i.inputs for i in items])
+        )  # (sum B_i, ...)
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, key, batch)
+        except BaseException as exc:  # the whole pass failed: its items fail, no other
+            self._finish(items)
+            for item in items:
+                _fail(item, exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the loop is shutting down
+            return
+        compute = self._clock() - started
+        self.policy.on_pass(len(batch), started - items[0].queued_at + compute, compute)
+        self._finish(items)  # the next pass starts now, with the cap just updated
+        offset = 0
+        for item in items:
+            if not item.future.done():  # done: its caller went away while the pass ran
+                item.future.set_result(
+                    {k: v[offset : offset + item.rows] for k, v in outputs.items()}
+                )
+            offset += item.rows
+        self._report(key, items, started, compute, outputs)
+
+    def _finish(self, items: list[_Item[K]]) -> None:
+        self._running -= 1
+        self._in_passes -= len(items)
+        self._kick()
+
+    def _report(
+        self, key: K, items: list[_Item[K]], started: float, compute: float, outputs: Outputs
+    ) -> None:
+        if self._on_pass is None:
+            return
+        waits = tuple(started - item.queued_at for item in items)
+        rows = sum(item.rows for item in items)
+        try:
+            self._on_pass(PassReport(key, rows, waits, compute, outputs))
+        except Exception:
+            logger.exception("recording a forward pass failed")
+
+
+def _fail(item: _Item[K], error: BaseException) -> None:
+    if item.future.done():
+        return
+    if isinstance(error, Exception):
+        item.future.set_exception(error)
+    else:
+        item.future.cancel()
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raysight-forward")

@@ -1,0 +1,172 @@
+"""The Open Inference Protocol's answers, apart from transport and batching.
+
+Each function turns a request and the served model into a response or into model-ready
+inputs, so the deployment's RPC methods stay decode -> call -> encode. Nothing here holds
+state or knows about Ray; errors are domain errors, mapped to codes by serve/errors.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from raysight import __version__
+from raysight._proto.inference import grpc_service_pb2 as pb
+from raysight._proto.inference import model_config_pb2 as mc
+from raysight.codec import oip
+from raysight.errors import InputError
+from raysight.serve.errors import Status
+from raysight.serve.model import INPUT_NAME, OUTPUTS, ServedModel
+from raysight.serve.offload import INLINE_BYTES, INLINE_PIXEL_BYTES
+from raysight.serve.settings import ServeSettings
+
+EXTENSIONS = ("model_configuration", "statistics", "model_repository")
+
+
+def server_metadata() -> pb.ServerMetadataResponse:
+    return pb.ServerMetadataResponse(
+        name="raysight", version=__version__, extensions=list(EXTENSIONS)
+    )
+
+
+def model_metadata(model: ServedModel) -> pb.ModelMetadataResponse:
+    """The model's tensors, with the batch dimension as -1."""
+    return pb.ModelMetadataResponse(
+        name=model.name,
+        versions=[model.version],
+        platform="pytorch",
+        inputs=[
+            pb.ModelMetadataResponse.TensorMetadata(
+                name=INPUT_NAME, datatype="FP32", shape=[-1, *model.input_shape]
+            )
+        ],
+        outputs=[
+            pb.ModelMetadataResponse.TensorMetadata(
+                name=name, datatype="FP32", shape=[-1, model.num_classes]
+            )
+            for name in OUTPUTS
+        ],
+    )
+
+
+def model_config(model: ServedModel, settings: ServeSettings) -> pb.ModelConfigResponse:
+    """Triton's model configuration, stating the batching the server does: max_batch_size
+    images per forward pass (and per request), and a batch's wait for others of at most
+    max_queue_delay_microseconds (taken only when it pays, see serve/batching.py)."""
+    return pb.ModelConfigResponse(
+        config=mc.ModelConfig(
+            name=model.name,
+            platform="pytorch",
+            backend="raysight",
+            max_batch_size=settings.max_batch_size,
+            # With max_batch_size > 0, dims leave out the batch dimension.
+            input=[
+                mc.ModelInput(name=INPUT_NAME, data_type=mc.TYPE_FP32, dims=list(model.input_shape))
+            ],
+            output=[
+                mc.ModelOutput(name=name, data_type=mc.TYPE_FP32, dims=[model.num_classes])
+                for name in OUTPUTS
+            ],
+            dynamic_batching=mc.ModelDynamicBatching(
+                max_queue_delay_microseconds=int(settings.batch_wait_timeout_s * 1e6)
+            ),
+        )
+    )
+
+
+def repository_index(model: ServedModel | None) -> pb.RepositoryIndexResponse:
+    """The one model this server serves, once it is loaded."""
+    if model is None:
+        return pb.RepositoryIndexResponse()
+    return pb.RepositoryIndexResponse(
+        models=[
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=model.name, version=model.version, state="READY"
+            )
+        ]
+    )
+
+
+def is_heavy(request: pb.ModelInferRequest) -> bool:
+    """Whether preparing the request is worth a worker thread (see serve/offload.py).
+
+    Read from the message without decoding it: typed contents over INLINE_BYTES (by the
+    shapes the request declares; one that lies only moves a quick refusal to a thread), or
+    UINT8 pixels over INLINE_PIXEL_BYTES. Raw FP32 is a view of the request's bytes: never.
+    """
+    raw = request.raw_input_contents
+    typed = pixels = 0
+    for i, tensor in enumerate(request.inputs):
+        if raw:
+            size = len(raw[i]) if i < len(raw) else 0
+        else:
+            dtype = oip.DATATYPES.get(tensor.datatype)
+            size = math.prod(max(0, d) for d in tensor.shape) * (dtype.itemsize if dtype else 0)
+            typed += size
+        if tensor.datatype == "UINT8":
+            pixels += size
+    return typed > INLINE_BYTES or pixels > INLINE_PIXEL_BYTES
+
+
+def model_inputs(
+    request: pb.ModelInferRequest, model: ServedModel, settings: ServeSettings
+) -> np.ndarray:
+    """The request's one input as a normalised (B, C, H, W) float32 batch.
+
+    FP32 is taken as normalised already; UINT8 pixels are normalised here with the
+    checkpoint's preprocessing.
+
+    Raises:
+        InputError: If the request is malformed, names other inputs, or its input has the
+            wrong shape or datatype.
+    """
+    tensors = oip.decode_inputs(request, max_batch_size=settings.max_batch_size)
+    if set(tensors) != {INPUT_NAME}:
+        raise InputError(
+            f'inputs: expected one input named "{INPUT_NAME}", got {sorted(tensors)}',
+            reason="bad_input_name",
+        )
+    tensor = tensors[INPUT_NAME]
+    expected = model.input_shape
+    if tensor.ndim != 4 or tuple(tensor.shape[1:]) != expected:
+        raise InputError(
+            f'inputs "{INPUT_NAME}": shape must be [-1, {", ".join(map(str, expected))}], '
+            f"got {list(tensor.shape)}",
+            reason="bad_shape",
+        )
+    if tensor.dtype == np.uint8:
+        return model.engine.normalize(tensor)
+    if tensor.dtype == np.float32:
+        return np.ascontiguousarray(tensor)
+    raise InputError(
+        f'inputs "{INPUT_NAME}": datatype must be FP32 (normalised) or UINT8 (pixels), '
+        f"got {oip.from_numpy_dtype(tensor.dtype)}",
+        reason="bad_datatype",
+    )
+
+
+def infer_response(
+    request: pb.ModelInferRequest, model: ServedModel, outputs: dict[str, np.ndarray]
+) -> pb.ModelInferResponse:
+    """The outputs the request asked for (all when it names none), as raw contents.
+
+    Raises:
+        InputError: If the request asks for an output the model does not have.
+    """
+    response = pb.ModelInferResponse(
+        model_name=model.name, model_version=model.version, id=request.id
+    )
+    oip.encode_outputs(response, outputs, requested=[o.name for o in request.outputs])
+    return response
+
+
+def stream_failure(request: pb.ModelInferRequest, status: Status) -> pb.ModelStreamInferResponse:
+    """A failed stream request's answer: the error, and the request's id (as Triton does) so
+    that a client can tell which request failed."""
+    return pb.ModelStreamInferResponse(
+        error_message=status.details,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )

@@ -1,0 +1,313 @@
+"""The batcher and its policy, driven by fake run functions and a fake clock: no Ray, no
+model, no timing thresholds."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+
+from raysight.serve.batching import (
+    Batcher,
+    BatchLimits,
+    BatchPolicy,
+    CostModel,
+    Outputs,
+    PassReport,
+)
+
+GPU_LIKE = (0.005, 0.0001)  # t(n) = 5 ms + 0.1 ms per row: a launch cost dominates
+CPU_LIKE = (0.0, 0.0005)  # t(n) = 0.5 ms per row, no fixed cost
+
+
+def _run(coroutine: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(coroutine(), timeout=30))
+
+
+def _taught(policy: BatchPolicy, cost: tuple[float, float], others: int) -> BatchPolicy:
+    """A policy that has seen passes of 1..32 rows costing `cost` and arrivals that found
+    `others` items in flight."""
+    a, b = cost
+    for n in list(range(1, 33)) * 3:
+        policy.cost.observe(n, a + b * n)
+    for _ in range(200):
+        policy.on_arrival(others)
+    return policy
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _doubling(key: str, batch: np.ndarray) -> Outputs:
+    return {"y": batch * 2}
+
+
+def _rows(n: int, value: float) -> np.ndarray:
+    return np.full((n, 3), value, np.float32)  # (n, 3): each item's rows carry its own value
+
+
+# ---- the cost model and the policy -------------------------------------------------------
+
+
+def test_cost_model_recovers_fixed_and_per_row_cost() -> None:
+    model = CostModel()
+    for n in (1, 4, 8, 16, 32) * 5:
+        model.observe(n, 0.005 + 0.0001 * n)
+    fit = model.fit()
+    assert fit is not None
+    assert fit[0] == pytest.approx(0.005, rel=1e-6)
+    assert fit[1] == pytest.approx(0.0001, rel=1e-6)
+
+
+def test_cost_model_cannot_separate_costs_from_one_size() -> None:
+    model = CostModel()
+    for _ in range(50):
+        model.observe(1, 0.001)  # c=1: every pass holds one row
+    assert model.fit() is None
+
+
+def test_no_wait_without_a_fixed_cost() -> None:
+    policy = _taught(BatchPolicy(BatchLimits(max_wait_s=0.01)), CPU_LIKE, others=20)
+    assert policy.wait_s(queued_rows=1, waited_s=0.0) == 0.0
+
+
+def test_no_wait_for_a_lone_request_even_with_a_fixed_cost() -> None:
+    policy = _taught(BatchPolicy(BatchLimits(max_wait_s=0.01)), GPU_LIKE, others=0)
+    assert policy.wait_s(queued_rows=1, waited_s=0.0) == 0.0
+
+
+def test_waits_for_company_when_a_pass_is_mostly_fixed_cost() -> None:
+    policy = _taught(BatchPolicy(BatchLimits(max_wait_s=0.01)), GPU_LIKE, others=20)
+    # Never longer than one fixed cost (5 ms), though the setting allows 10 ms.
+    assert policy.wait_s(queued_rows=1, waited_s=0.0) == pytest.approx(0.005, rel=1e-3)
+    assert policy.wait_s(queued_rows=1, waited_s=0.004) == pytest.approx(0.001, rel=1e-2)
+    assert policy.wait_s(queued_rows=1, waited_s=0.006) == 0.0
+    # Enough rows that the fixed cost is at most half the pass (a / b = 50 > cap 32): the cap.
+    assert policy.wait_s(queued_rows=32, waited_s=0.0) == 0.0
+
+
+def test_wait_is_bounded_by_the_setting() -> None:
+    policy = _taught(BatchPolicy(BatchLimits(max_wait_s=0.002)), GPU_LIKE, others=20)
+    assert policy.wait_s(queued_rows=1, waited_s=0.0) == pytest.approx(0.002)
+    off = _taught(BatchPolicy(BatchLimits(max_wait_s=0.0)), GPU_LIKE, others=20)
+    assert off.wait_s(queued_rows=1, waited_s=0.0) == 0.0
+
+
+def test_row_cap_is_aimd_on_the_latency_target() -> None:
+    policy = BatchPolicy(BatchLimits(max_batch_size=16, latency_target_s=0.010))
+    assert policy.cap == 16
+    policy.on_pass(rows=16, latency_s=0.030, compute_s=0.020)
+    assert policy.cap == 8
+    for expected in (4, 2, 1, 1):
+        policy.on_pass(rows=8, latency_s=0.030, compute_s=0.020)
+        assert policy.cap == expected
+    for expected in (2, 3, 4):
+        policy.on_pass(rows=1, latency_s=0.002, compute_s=0.001)
+        assert policy.cap == expected
+    for _ in range(40):
+        policy.on_pass(rows=4, latency_s=0.002, compute_s=0.001)
+    assert policy.cap == 16  # never above max_batch_size
+
+
+def test_no_latency_target_keeps_the_cap_at_the_maximum() -> None:
+    policy = BatchPolicy(BatchLimits(max_batch_size=16))
+    policy.on_pass(rows=16, latency_s=10.0, compute_s=5.0)
+    assert policy.cap == 16
+
+
+def test_limits_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        BatchLimits(max_batch_size=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        BatchLimits(latency_target_s=-1)
+
+
+# ---- the batcher --------------------------------------------------------------------------
+
+
+def test_a_lone_item_runs_at_once_without_waiting() -> None:
+    """c=1: the item's pass starts in the same step it was queued, with zero queue wait on a
+    clock that does not move, and no timer is armed, even where waiting could pay."""
+    clock = FakeClock()
+    reports: list[PassReport[str]] = []
+
+    async def main() -> Outputs:
+        batcher = Batcher(
+            _doubling, BatchLimits(max_wait_s=1.0), on_pass=reports.append, clock=clock
+        )
+        _taught(batcher.policy, GPU_LIKE, others=0)
+        task = asyncio.create_task(batcher.submit("m", _rows(1, 1.0)))
+        await asyncio.sleep(0)  # the submit runs up to its await
+        assert batcher.queued == 0  # already in a pass
+        assert batcher._timer is None
+        return await task
+
+    outputs = _run(main)
+    np.testing.assert_array_equal(outputs["y"], _rows(1, 2.0))
+    assert [(r.rows, r.queue_waits) for r in reports] == [(1, (0.0,))]
+
+
+def _gated(seen: list[np.ndarray], gate: threading.Event) -> Callable[[str, np.ndarray], Outputs]:
+    def run(key: str, batch: np.ndarray) -> Outputs:
+        gate.wait(10)  # hold the first pass until every item is queued
+        seen.append(batch)
+        return {"y": batch * 2, "key": np.array([key] * len(batch))}
+
+    return run
+
+
+def test_passes_are_counted_in_rows_and_never_split_an_item() -> None:
+    """40 requests of 7 rows, max_batch_size 16: no pass over 16 rows, each gets its own."""
+    seen: list[np.ndarray] = []
+    gate = threading.Event()
+
+    async def main() -> list[Outputs]:
+        batcher = Batcher(_gated(seen, gate), BatchLimits(max_batch_size=16))
+        tasks = [asyncio.create_task(batcher.submit("m", _rows(7, i))) for i in range(40)]
+        while batcher.queued < 39:
+            await asyncio.sleep(0)
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    results = _run(main)
+    for i, outputs in enumerate(results):
+        np.testing.assert_array_equal(outputs["y"], _rows(7, 2.0 * i))
+    sizes = [len(batch) for batch in seen]
+    assert max(sizes) <= 16
+    assert sum(sizes) == 280
+    assert sizes == [7] + [14] * 19 + [7]  # the first alone, the rest two by two
+    for batch in seen:  # whole items: each value's rows all in one pass
+        values, counts = np.unique(batch[:, 0], return_counts=True)
+        assert set(counts.tolist()) == {7}, values
+
+
+def test_an_item_over_the_maximum_is_refused_before_queueing() -> None:
+    async def main() -> None:
+        batcher = Batcher(_doubling, BatchLimits(max_batch_size=4))
+        with pytest.raises(ValueError, match=r"1\.\.4 rows, got 5"):
+            await batcher.submit("m", _rows(5, 0.0))
+        assert batcher.queued == 0
+
+    _run(main)
+
+
+def test_items_of_different_models_never_share_a_pass() -> None:
+    seen: list[np.ndarray] = []
+    gate = threading.Event()
+
+    async def main() -> list[Outputs]:
+        batcher = Batcher(_gated(seen, gate), BatchLimits(max_batch_size=32))
+        keys = ["old", "old", "new", "old", "new"]
+        tasks = [asyncio.create_task(batcher.submit(k, _rows(1, i))) for i, k in enumerate(keys)]
+        while batcher.queued < 4:
+            await asyncio.sleep(0)
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    results = _run(main)
+    assert [r["key"][0] for r in results] == ["old", "old", "new", "old", "new"]
+    passes = [sorted(batch[:, 0].tolist()) for batch in seen]
+    assert passes == [[0.0], [1.0, 3.0], [2.0, 4.0]]
+
+
+def test_a_failing_pass_fails_only_its_items() -> None:
+    gate = threading.Event()
+
+    def run(key: str, batch: np.ndarray) -> Outputs:
+        gate.wait(10)
+        if (batch[:, 0] < 0).any():
+            raise RuntimeError("bad pass")
+        return {"y": batch * 2}
+
+    async def main() -> list[Any]:
+        batcher = Batcher(run, BatchLimits(max_batch_size=2))
+        tasks = [
+            asyncio.create_task(batcher.submit("m", _rows(1, v))) for v in (1.0, -1.0, 2.0, 3.0)
+        ]
+        while batcher.queued < 3:
+            await asyncio.sleep(0)
+        gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    first, bad, shared, last = _run(main)
+    np.testing.assert_array_equal(first["y"], _rows(1, 2.0))
+    assert isinstance(bad, RuntimeError) and isinstance(shared, RuntimeError)  # one pass
+    np.testing.assert_array_equal(last["y"], _rows(1, 6.0))
+
+
+def test_a_cancelled_item_leaves_the_queue_before_its_pass() -> None:
+    seen: list[np.ndarray] = []
+    gate = threading.Event()
+
+    async def main() -> None:
+        batcher = Batcher(_gated(seen, gate), BatchLimits(max_batch_size=32))
+        first = asyncio.create_task(batcher.submit("m", _rows(1, 0.0)))
+        gone = asyncio.create_task(batcher.submit("m", _rows(1, 1.0)))
+        kept = asyncio.create_task(batcher.submit("m", _rows(1, 2.0)))
+        while batcher.queued < 2:
+            await asyncio.sleep(0)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert batcher.queued == 1
+        gate.set()
+        await asyncio.gather(first, kept)
+
+    _run(main)
+    assert [batch[:, 0].tolist() for batch in seen] == [[0.0], [2.0]]
+
+
+def test_concurrent_passes_overlap_up_to_the_limit() -> None:
+    both = threading.Barrier(2, timeout=10)  # broken unless two passes run at once
+
+    def run(key: str, batch: np.ndarray) -> Outputs:
+        both.wait()
+        return {"y": batch}
+
+    async def main() -> list[Outputs]:
+        batcher = Batcher(run, BatchLimits(max_concurrent=2))
+        return await asyncio.gather(*(batcher.submit("m", _rows(1, i)) for i in range(2)))
+
+    assert len(_run(main)) == 2
+
+
+def test_waiting_gathers_company_when_it_pays() -> None:
+    """With a fixed cost to amortise and others in flight, two items queued together share
+    one pass; without the cost model the first runs at once, alone."""
+    seen: list[np.ndarray] = []
+
+    def run(key: str, batch: np.ndarray) -> Outputs:
+        seen.append(batch)
+        return {"y": batch}
+
+    async def main(teach: bool) -> None:
+        batcher = Batcher(run, BatchLimits(max_wait_s=0.05))
+        if teach:
+            _taught(batcher.policy, (0.05, 0.0001), others=20)
+        await asyncio.gather(*(batcher.submit("m", _rows(1, i)) for i in range(2)))
+
+    asyncio.run(main(teach=True))
+    assert [len(batch) for batch in seen] == [2]
+    seen.clear()
+    asyncio.run(main(teach=False))
+    assert [len(batch) for batch in seen] == [1, 1]
+
+
+def test_a_failing_report_does_not_fail_the_items() -> None:
+    def broken(report: PassReport[str]) -> None:
+        raise RuntimeError("metrics down")
+
+    async def main() -> Outputs:
+        batcher = Batcher(_doubling, BatchLimits(), on_pass=broken)
+        return await batcher.submit("m", _rows(2, 1.0))
+
+    np.testing.assert_array_equal(_run(main)["y"], _rows(2, 2.0))
