@@ -28,7 +28,7 @@ from raysight.engine import Engine
 from raysight.serve import runner
 from raysight.serve.settings import ServeSettings
 from tests.conftest import RayCluster, free_port, scrape_metrics
-from tests.integration.serving import digits_checkpoint, png
+from tests.integration.serving import digits_checkpoint, png, stop_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,7 +47,6 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    from ray import serve
 
     checkpoint = digits_checkpoint(tmp_path_factory.mktemp("pipeline") / "ckpt", seed=0)
     settings = ServeSettings(checkpoint=str(checkpoint), max_batch_size=MAX_BATCH)
@@ -56,7 +55,7 @@ def served(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
     try:
         yield Served(port, checkpoint)
     finally:
-        serve.shutdown()
+        stop_serve(ray_cluster.dashboard_url)
 
 
 def _digits(n: int) -> np.ndarray:
