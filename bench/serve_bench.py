@@ -349,7 +349,8 @@ class Page:
                 f"runs on the same machine over {args.channels} channels. bare+engine, engine "
                 f"and the peers run torch with {_plural(args.threads, 'thread')}; raysight's "
                 "replica has 1 CPU, so Ray gives it 1 thread. The peers do not batch; raysight and "
-                "bare+engine batch up to 32 requests or 5 ms.",
+                "bare+engine batch with raysight's batcher: up to 32 images a pass, a pass as "
+                "soon as the model is free.",
                 "",
                 report.facts_table({**self.facts, **self.run.versions}),
             ]

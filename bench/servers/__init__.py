@@ -67,7 +67,7 @@ SERVERS: dict[str, Server] = {
         Server(
             "raysight",
             "`raysight serve`, default ingress (HAProxy in front of direct-ingress replicas), "
-            "1 replica, batching up to 32 requests or 5 ms",
+            "1 replica, batching up to 32 images a pass, a pass as soon as the model is free",
             "raysight",
             lambda ctx: raysight_serve.start(ctx, "raysight", None),
         ),
@@ -85,8 +85,8 @@ SERVERS: dict[str, Server] = {
         ),
         Server(
             "bare+engine",
-            "the bare server running raysight's codec, batching (32 requests / 5 ms) and "
-            "engine: transport + compute, without Ray Serve",
+            "the bare server running raysight's codec, batcher (the replica's own: 32 images, "
+            "no fixed wait) and engine: transport + compute, without Ray Serve",
             "limit",
             lambda ctx: _bare(ctx, "bare+engine", engine=True),
         ),

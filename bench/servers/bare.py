@@ -2,11 +2,11 @@
 
 Without --checkpoint ("bare") it answers every ModelInfer with the same precomputed bytes,
 never parsing the request: what gRPC and this machine allow with no work at all. With
---checkpoint ("bare+engine") it decodes with raysight's codec, batches like raysight's
-replica (up to --max-batch-size requests, waiting at most --batch-wait-s after the first),
-runs raysight's engine in a worker thread and encodes the answer: the transport plus
-compute limit, without Ray Serve. Both also answer ModelStreamInfer (in order), the image
-API's Classify, ServerReady and gRPC health.
+--checkpoint ("bare+engine") it decodes with raysight's codec, batches with the replica's
+own batcher (`raysight.serve.batching`: up to --max-batch-size images a pass, a pass as soon
+as the model is free), runs raysight's engine in its worker thread and encodes the answer:
+the transport plus compute limit, without Ray Serve. Both also answer ModelStreamInfer (in
+order), the image API's Classify, ServerReady and gRPC health.
 
     python bench/servers/bare.py --port 9100 [--checkpoint runs/digits]
 """
@@ -18,7 +18,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
@@ -30,6 +30,7 @@ from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight.codec import oip
 from raysight.codec.image import ImageLimits, decode_image
 from raysight.errors import InputError
+from raysight.serve.batching import Batcher, BatchLimits
 from raysight.serve.errors import status_for
 
 SERVICE = "inference.GRPCInferenceService"
@@ -37,62 +38,6 @@ IMAGE_SERVICE = "raysight.v1.ImageService"
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 logger = logging.getLogger("bench.bare")
-
-
-class Batcher:
-    """Raysight's batching without Ray: the first request of a batch waits up to `wait_s`
-    for others, at most `max_batch_size` requests join one forward pass, and each request
-    gets its own rows back (or the exception of the pass)."""
-
-    def __init__(
-        self,
-        run: Callable[[np.ndarray], dict[str, np.ndarray]],
-        max_batch_size: int,
-        wait_s: float,
-    ) -> None:
-        self._run = run
-        self._max = max_batch_size
-        self._wait_s = wait_s
-        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[dict[str, np.ndarray]]]]
-        self._queue = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-
-    async def submit(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """Queue (B, C, H, W) float32 inputs; their (B, K) outputs by name."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop())
-        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((inputs, future))
-        return await future
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = [await self._queue.get()]
-            deadline = loop.time() + self._wait_s
-            while len(items) < self._max:
-                if not self._queue.empty():  # already waiting: joins whatever the time
-                    items.append(self._queue.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    items.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
-            batch = np.concatenate([inputs for inputs, _ in items])  # (sum B_i, C, H, W)
-            try:
-                outputs = await asyncio.to_thread(self._run, batch)
-            except Exception as exc:  # the pass failed: every request in it fails
-                for _, future in items:
-                    future.set_exception(exc)
-                continue
-            offset = 0
-            for inputs, future in items:
-                rows = len(inputs)
-                future.set_result({k: v[offset : offset + rows] for k, v in outputs.items()})
-                offset += rows
 
 
 class EngineServicer:
@@ -106,7 +51,8 @@ class EngineServicer:
         self.model = load_served_model(checkpoint, "", device)
         self.max_batch_size = max_batch_size
         self.limits = ImageLimits()
-        self.batcher = Batcher(self.model.run, max_batch_size, batch_wait_s)
+        limits = BatchLimits(max_batch_size=max_batch_size, max_wait_s=batch_wait_s)
+        self.batcher: Batcher[None] = Batcher(lambda _, batch: self.model.run(batch), limits)
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         tensors = oip.decode_inputs(request, max_batch_size=self.max_batch_size)
@@ -114,7 +60,7 @@ class EngineServicer:
         if tensor is None or tensor.shape[1:] != self.model.input_shape:
             raise InputError('inputs: expected one input "images" of the model\'s shape')
         inputs = self.model.engine.normalize(tensor) if tensor.dtype == np.uint8 else tensor
-        outputs = await self.batcher.submit(np.ascontiguousarray(inputs, dtype=np.float32))
+        outputs = await self.batcher.submit(None, np.ascontiguousarray(inputs, dtype=np.float32))
         response = pb.ModelInferResponse(
             model_name=self.model.name, model_version=self.model.version, id=request.id
         )
@@ -127,7 +73,7 @@ class EngineServicer:
             request.image, size=(height, width), channels=channels, limits=self.limits
         )  # (C, H, W) uint8
         inputs = self.model.engine.normalize(pixels[None])  # (1, C, H, W) float32
-        probabilities = (await self.batcher.submit(inputs))["probabilities"][0]  # (K,)
+        probabilities = (await self.batcher.submit(None, inputs))["probabilities"][0]  # (K,)
         best = np.argsort(-probabilities, kind="stable")[: request.top_k or 5]
         names = self.model.engine.class_names
         return image_pb.ClassifyResponse(
@@ -276,7 +222,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-wait-s", type=float, default=0.005)
+    parser.add_argument(
+        "--batch-wait-s", type=float, default=0.005, help="the most a batch waits, when it pays"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     engine = None
