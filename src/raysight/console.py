@@ -54,11 +54,15 @@ _RAY_FORMATS = (
     re.compile(r"^\S+:\d+: \w*(Warning): "),
 )
 # Lines Ray writes at warning or error level on every healthy run: they describe Ray's own
-# internals, not the run, so they count as INFO (shown with --verbose). Each with its reason.
-_ROUTINE = (
+# internals, not the run, so they count as INFO (shown with --verbose). Each entry is the
+# fragments that must all appear, with its reason.
+_ROUTINE: tuple[tuple[str, ...], ...] = (
     # Ray Train's PreemptionWatcher actor is created with max_restarts > 0 and its arguments
     # in the object store; the core worker logs an ERROR about that on every run.
-    "has constructor arguments in the object store and max_restarts > 0",
+    ("has constructor arguments in the object store and max_restarts > 0",),
+    # At the end of a run the GCS kills the train actors; a worker that has already exited
+    # closes the socket first, and the GCS logs the failed (and needless) kill as an ERROR.
+    ("Failed to kill actor", "KillActor RPC failed", "Socket closed"),
 )
 
 
@@ -95,10 +99,15 @@ def classify(text: str) -> Line:
         if match:
             word = match.group(1)
             level = logging.WARNING if word == "Warning" else _LEVELS[word]
-            if level >= logging.WARNING and any(r in text for r in _ROUTINE):
+            if level >= logging.WARNING and _routine(text):
                 level = logging.INFO
             return Line(text, level, raysight=False)
     return Line(text, None, raysight=False)
+
+
+def _routine(text: str) -> bool:
+    """Whether `text` is one of Ray's routine warning- or error-level lines."""
+    return any(all(part in text for part in parts) for parts in _ROUTINE)
 
 
 def select(lines: Iterable[str], threshold: int) -> list[Line]:

@@ -30,6 +30,15 @@ PREEMPTION = (
     "max_restarts > 0. If the arguments in the object store go out of scope or are lost, the "
     "actor restart will fail."
 )
+KILL_RACE = (
+    "[2026-11-29 21:34:12,974 E 14528 14528] (gcs_server) gcs_actor_scheduler.cc:538: Failed to "
+    "kill actor 0a507b106235dabeeb2a06d304000000, return status: Invalid: KillActor RPC failed "
+    "for actor 0a507b106235dabeeb2a06d304000000: RpcError: RPC error: Socket closed rpc_code: 14"
+)
+KILL_FAILED = (
+    "[2026-11-29 21:34:12,974 E 14528 14528] gcs_actor_scheduler.cc:538: Failed to kill actor "
+    "0a50, return status: Invalid: KillActor RPC failed for actor 0a50: deadline exceeded"
+)
 GLOG_ERROR = "[2026-11-29 16:11:27,233 E 2504 2537] core_worker.cc:99: Failed to connect to GCS"
 RAY_PY_WARNING = "2026-11-29 16:12:13,002\tWARNING worker.py:85 -- object store is full"
 RAY_PY_INFO = "2026-11-29 16:12:18,655\tINFO worker.py:2029 -- Started a local Ray instance."
@@ -45,6 +54,8 @@ PY_WARNING = "/x/torch/nn/modules/conv.py:456: UserWarning: Using padding='same'
         (TRAIN_REPORT, None, False),
         (CHECKPOINT_CREATED, None, False),
         (PREEMPTION, logging.INFO, False),  # Ray's routine ERROR, demoted
+        (KILL_RACE, logging.INFO, False),  # the worker had already exited: routine
+        (KILL_FAILED, logging.ERROR, False),  # a kill that really failed stays an error
         (GLOG_ERROR, logging.ERROR, False),
         (RAY_PY_WARNING, logging.WARNING, False),
         (RAY_PY_INFO, logging.INFO, False),
