@@ -14,6 +14,7 @@ import logging
 import sys
 from typing import Any
 
+from raysight.checkpoint import manifest_sha256
 from raysight.cluster import connected
 from raysight.config import TrainConfig, parse_assignment
 from raysight.errors import ConfigError
@@ -46,6 +47,8 @@ def main() -> int:
         json.dumps(
             {
                 "checkpoint": str(outcome.checkpoint),
+                # Serving's checkpoint_sha256 pins exactly this checkpoint.
+                "manifest_sha256": manifest_sha256(outcome.checkpoint),
                 "test_accuracy": outcome.test.accuracy,
                 "epoch": outcome.manifest.epoch,
                 "run_path": outcome.run_path,

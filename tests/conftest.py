@@ -30,6 +30,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 INGRESS = os.environ.get("RAYSIGHT_TEST_INGRESS", "haproxy")
 if INGRESS == "haproxy":
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+# The classic proxy's cap on gRPC messages, as `raysight serve` sets it for its cluster (the
+# replicas get theirs from the Serve config).
+os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(64 * 1024 * 1024))
 
 
 def free_port() -> int:

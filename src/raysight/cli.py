@@ -18,7 +18,7 @@ from raysight.config import TrainConfig
 from raysight.errors import RaysightError
 from raysight.flags import add_flags, flag_overrides
 from raysight.logs import setup_logging
-from raysight.serve.settings import ServeSettings
+from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, MESSAGE_SIZE_ENV, ServeSettings
 
 logger = logging.getLogger("raysight.cli")
 
@@ -111,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--replicas", type=int, default=1)
     serve.add_argument("--num-gpus", type=float, default=0.0, help="per replica; may be 0.5")
     serve.add_argument(
+        "--max-message-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        help="largest gRPC request accepted; a larger one gets RESOURCE_EXHAUSTED before it "
+        "is parsed (default: 64 MiB)",
+    )
+    serve.add_argument(
         "--ingress",
         choices=INGRESS_MODES,
         help="HAProxy in front of direct-ingress replicas (the default for a local cluster; "
@@ -168,12 +175,19 @@ def _train(args: argparse.Namespace) -> int:
     with connected(metrics_port=args.metrics_port):
         outcome = train(cfg, prepared)
     metrics = outcome.manifest.metrics
-    print(f"checkpoint: {outcome.checkpoint}")
+    # The digest that pins this checkpoint for serving (checkpoint_sha256).
+    print(f"checkpoint: {outcome.checkpoint} (manifest sha256 {_pin_of(outcome.checkpoint)})")
     print(
         f"epoch {outcome.manifest.epoch}: val accuracy {metrics['val_accuracy']:.4f}, "
         f"test accuracy {outcome.test.accuracy:.4f} ({outcome.test.samples} images)"
     )
     return 0
+
+
+def _pin_of(checkpoint: str | Path) -> str:
+    from raysight.checkpoint import manifest_sha256
+
+    return manifest_sha256(checkpoint)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -223,9 +237,17 @@ def _confusion_table(confusion: np.ndarray, names: Sequence[str], recall: np.nda
     return "\n".join(["true \\ predicted", head, *rows])
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def _serve(args: argparse.Namespace) -> int:
-    # First, so a bad setting is refused before a cluster starts.
+    # First, so a bad setting or checkpoint is refused before a cluster starts.
     settings = _settings_from_args(args)
+    _check_checkpoint(settings, local_cluster=not os.environ.get("RAY_ADDRESS"))
     from raysight.cluster import check_port_free, connected
 
     if not os.environ.get("RAY_ADDRESS"):  # a local cluster: its ports are on this machine
@@ -235,6 +257,9 @@ def _serve(args: argparse.Namespace) -> int:
         # set either way, so a value left in the shell cannot pick the mode instead.
         local_ingress = args.ingress or INGRESS_MODES[0]
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if local_ingress == "haproxy" else "0"
+        # The classic proxy reads its cap from the cluster's environment (replicas get it
+        # from the Serve config).
+        os.environ[MESSAGE_SIZE_ENV] = str(args.max_message_bytes)
     from raysight.serve import runner
 
     stop = threading.Event()
@@ -273,6 +298,7 @@ def _serve_until_stopped(
         http_port=args.http_port,
         replicas=args.replicas,
         num_gpus=args.num_gpus,
+        max_message_bytes=args.max_message_bytes,
     )
     deployed = runner.deploy(config, ingress=ingress)
     ingress_words = _ingress_words(deployed.ingress)
@@ -290,6 +316,26 @@ def _serve_until_stopped(
     print("Ctrl-C stops", flush=True)
     while not stop.wait(1.0):
         pass
+
+
+def _check_checkpoint(settings: ServeSettings, *, local_cluster: bool) -> None:
+    """Verify the checkpoint here, as every replica will, so a bad one fails the command with
+    the reason before anything is deployed (a replica refuses it too, but keeps serving the
+    previous model, so a deploy that waited for replicas would look successful).
+
+    Only where this machine sees what the replicas see: always for a cluster started here;
+    for someone else's cluster, a directory that exists here. Object-store URIs are checked
+    by the replicas, with the cluster's credentials.
+
+    Raises:
+        CheckpointError: the replicas would refuse it; the message says why.
+    """
+    from raysight.checkpoint import verify_checkpoint
+
+    checkpoint = settings.checkpoint
+    if "://" in checkpoint or not (local_cluster or Path(checkpoint).is_dir()):
+        return
+    verify_checkpoint(checkpoint, expected_sha256=settings.checkpoint_sha256)
 
 
 def _ingress_words(mode: str | None) -> str:

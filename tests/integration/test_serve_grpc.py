@@ -3,6 +3,7 @@ health, reflection, errors, a checkpoint swap under traffic, and the metrics end
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +19,11 @@ from tritonclient.utils import InferenceServerException
 
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight._proto.raysight.v1 import image_service_pb2_grpc as image_grpc
+from raysight.checkpoint import manifest_sha256
 from raysight.data import load_arrays
 from raysight.engine import Engine
 from raysight.serve import runner
-from raysight.serve.settings import ServeSettings
+from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, ServeSettings
 from tests.conftest import RayCluster, free_port, scrape_metrics
 from tests.integration.serving import digits_checkpoint, png, stop_serve
 
@@ -43,11 +45,11 @@ class Served:
         self.engine = Engine.from_directory(checkpoints[0])
         self.version = self.engine.manifest.weights_sha256[:12]
 
-    def swap(self, checkpoint: Path, **deployment: int) -> None:
-        """Apply a checkpoint (and deployment options) through the Serve config, as a
-        RayService update does."""
+    def swap(self, checkpoint: Path, pin: str = "", **deployment: int) -> None:
+        """Apply a checkpoint, pinned or not (and deployment options) through the Serve
+        config, as a RayService update does."""
         settings = ServeSettings.from_dict(
-            {**self.settings.to_dict(), "checkpoint": str(checkpoint)}
+            {**self.settings.to_dict(), "checkpoint": str(checkpoint), "checkpoint_sha256": pin}
         )
         config = runner.serve_config(
             settings, grpc_port=self.port, http_port=self.http_port, **deployment
@@ -284,6 +286,18 @@ def test_unknown_model_and_bad_image_codes(served: Served) -> None:
         assert "Traceback" not in bad.value.details()
 
 
+def test_a_message_over_the_cap_is_refused_before_it_is_parsed(served: Served) -> None:
+    stub = image_grpc.ImageServiceStub(served.channel())
+    oversized = b"\x89PNG\r\n\x1a\n" + bytes(DEFAULT_MAX_MESSAGE_BYTES)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Classify(image_pb.ClassifyRequest(image=oversized), timeout=60)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in refused.value.details()
+    assert "Traceback" not in refused.value.details()
+    images, _ = _test_images(2)
+    assert _infer(served.triton(), images)["logits"].shape == (2, 10)
+
+
 def _infer_named(client: triton.InferenceServerClient, name: str) -> None:
     tensor = triton.InferInput("images", [1, 1, 8, 8], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
@@ -336,6 +350,40 @@ def test_checkpoint_swap_under_traffic_loses_no_request(served: Served, tmp_path
     while client.get_model_metadata(MODEL).versions != [served.version]:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def _wait_for_version(client: triton.InferenceServerClient, version: str) -> None:
+    deadline = time.monotonic() + 60
+    while client.get_model_metadata(MODEL).versions != [version]:
+        assert time.monotonic() < deadline, f"version {version} never served"
+        time.sleep(0.2)
+
+
+def test_a_pin_reloads_a_rewritten_path_and_refuses_other_bytes(
+    served: Served, tmp_path: Path
+) -> None:
+    client = served.triton()
+    first, second = served.checkpoints
+    new = Engine.from_directory(second).manifest.weights_sha256[:12]
+    live = tmp_path / "live"
+    shutil.copytree(first, live)
+    served.swap(live, pin=manifest_sha256(first))
+    _wait_for_version(client, served.version)
+    # Retrained into the same path. The same config changes nothing: the replicas keep
+    # what they verified. A new pin reloads the path.
+    shutil.rmtree(live)
+    shutil.copytree(second, live)
+    served.swap(live, pin=manifest_sha256(first))
+    assert client.get_model_metadata(MODEL).versions == [served.version]
+    served.swap(live, pin=manifest_sha256(second))
+    _wait_for_version(client, new)
+    # A pin the bytes do not match is refused; the verified model keeps answering.
+    served.swap(live, pin=manifest_sha256(first))
+    time.sleep(2.0)
+    assert client.get_model_metadata(MODEL).versions == [new]
+    _infer_named(client, MODEL)
+    served.swap(first)
+    _wait_for_version(client, served.version)
 
 
 def test_metrics_endpoint_shows_serving_counters(served: Served, ray_cluster: RayCluster) -> None:

@@ -30,7 +30,7 @@ EVERYTHING = {
     "monitoring": {"enabled": True, "rules": {"enabled": True}},
     "ray": {"auth": {"enabled": True}},
     "tls": {"secretName": "raysight-tls"},
-    "serve": {"checkpointSha256": "ab" * 32},
+    "serve": {"settings": {"checkpoint_sha256": "ab" * 32}},
     "train": {"activeDeadlineSeconds": 86400},
 }
 # The other branches: the classic proxy, a ServiceMonitor, a headless LoadBalancer, an
@@ -321,6 +321,7 @@ def test_serve_config_is_the_one_raysight_builds(variant: str) -> None:
         num_gpus=serve["numGpus"],
         max_ongoing_requests=serve["maxOngoingRequests"],
         max_queued_requests=serve["maxQueuedRequests"],
+        max_message_bytes=serve["maxMessageBytes"],
         autoscaling=serve["autoscaling"] or None,
     )
     assert config == expected
@@ -393,7 +394,7 @@ def test_gpu_example_puts_one_gpu_under_each_replica_and_worker() -> None:
             ], where
 
 
-def test_checkpoint_pin_is_an_annotation() -> None:
+def test_checkpoint_pin_is_also_an_annotation() -> None:
     assert "annotations" not in one(rendered("defaults"), "RayService")["metadata"]
     metadata = one(rendered("everything"), "RayService")["metadata"]
     assert metadata["annotations"] == {"raysight.io/checkpoint-sha256": "ab" * 32}
@@ -577,3 +578,17 @@ def test_refuses_settings_that_cannot_work(values: dict[str, Any], message: str)
 def test_more_worker_pods_than_replicas_pass_without_grpc_liveness() -> None:
     values = {"serve": {"worker": {"replicas": 2}, "probes": {"liveness": {"enabled": False}}}}
     assert serve_group(one(render(values), "RayService"))["replicas"] == 2
+
+
+def test_message_cap_reaches_the_replicas_and_the_classic_proxy() -> None:
+    for variant in ("defaults", "alternatives"):
+        rayservice = one(rendered(variant), "RayService")
+        cap = str(chart_values(VARIANTS[variant]())["serve"]["maxMessageBytes"])
+        (deployment,) = k8s_checks.serve_config(rayservice)["applications"][0]["deployments"]
+        env_vars = deployment["ray_actor_options"]["runtime_env"]["env_vars"]
+        assert env_vars == {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": cap}, variant
+        for container in ray_containers(rayservice):
+            assert env_of(container)["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == cap, variant
+    assert cap == "67108864"  # an integer, never Helm's float notation
+    rayjob = one(rendered("cpu"), "RayJob")
+    assert all("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE" not in env_of(c) for c in ray_containers(rayjob))

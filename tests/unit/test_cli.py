@@ -181,3 +181,27 @@ def test_train_checks_data_and_model_before_any_cluster(
     # The convnet's unpadded convolutions cannot take the 8x8 digits.
     assert cli.main(["train", "--model-arg", "padding=valid"]) == 2
     assert "too small for convnet" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_checkpoint_that_is_not_the_pinned_one_before_any_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raysight import cluster
+    from raysight.checkpoint import manifest_sha256
+    from tests.unit.test_checkpoint import _model, _save
+
+    def no_cluster(**_: object) -> None:
+        raise AssertionError("a Ray cluster was started before the checkpoint was checked")
+
+    monkeypatch.setattr(cluster, "connected", no_cluster)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    checkpoint = _save(tmp_path / "ckpt", _model())
+    wrong = "0" * 64
+    argv = ["serve", "--checkpoint", str(checkpoint), "--checkpoint-sha256", wrong]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"sha256 is {manifest_sha256(checkpoint)}, not the pinned {wrong}" in err
+    assert cli.main(["serve", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "checkpoint directory not found" in capsys.readouterr().err
+    assert cli.main(["serve", "--checkpoint", str(checkpoint), "--checkpoint-sha256", "ab"]) == 2
+    assert "checkpoint_sha256 must be 64 hex digits" in capsys.readouterr().err

@@ -6,6 +6,7 @@ once, and hashes and parses the same bytes, so what is loaded is exactly what wa
 """
 
 import dataclasses
+import hashlib
 import logging
 import os
 import secrets
@@ -114,37 +115,66 @@ def save_checkpoint(
     return target
 
 
-def read_manifest(directory: str | Path) -> Manifest:
+def read_manifest(directory: str | Path, *, expected_sha256: str = "") -> Manifest:
     """Read and validate a checkpoint's manifest without reading the weights.
 
     Args:
         directory: The checkpoint directory.
+        expected_sha256: When not empty, the sha256 the manifest file must have (a pin). The
+            manifest lists the sha256 of every other file, so a pinned manifest pins the
+            whole checkpoint, the way an image digest pins every layer of a container image.
 
     Returns:
         The manifest.
 
     Raises:
-        CheckpointError: The directory or manifest is missing, or the manifest is invalid
-            or of a format version this build does not read.
+        CheckpointError: The directory or manifest is missing, the manifest is invalid, of
+            a format version this build does not read, or not the pinned one.
     """
     path = Path(directory)
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint directory not found")
     manifest_path = path / MANIFEST_FILE
     try:
-        text = manifest_path.read_text(encoding="utf-8")
+        data = manifest_path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{manifest_path}: manifest missing") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
+        raise CheckpointError(f"{manifest_path}: cannot read manifest ({error})") from error
+    if expected_sha256:
+        check_pin(data, expected_sha256, str(manifest_path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
         raise CheckpointError(f"{manifest_path}: cannot read manifest ({error})") from error
     return Manifest.from_json(text, source=str(manifest_path))
 
 
-def verify_checkpoint(directory: str | Path) -> Manifest:
+def check_pin(manifest: bytes, expected_sha256: str, source: str) -> None:
+    """Refuse a manifest whose sha256 is not the pinned one.
+
+    Raises:
+        CheckpointError: naming both digests.
+    """
+    found = hashlib.sha256(manifest).hexdigest()
+    if found != expected_sha256.lower():
+        raise CheckpointError(
+            f"{source}: sha256 is {found}, not the pinned {expected_sha256.lower()}; "
+            "the checkpoint at this path is not the one the configuration names"
+        )
+
+
+def manifest_sha256(directory: str | Path) -> str:
+    """The sha256 of a checkpoint's manifest file: the digest that pins the checkpoint."""
+    return sha256_file(Path(directory) / MANIFEST_FILE)
+
+
+def verify_checkpoint(directory: str | Path, *, expected_sha256: str = "") -> Manifest:
     """Check a checkpoint fully: its manifest and the hash of every file it lists.
 
     Args:
         directory: The checkpoint directory.
+        expected_sha256: The manifest's pinned sha256, or empty (see ``read_manifest``).
 
     Returns:
         The manifest.
@@ -154,7 +184,7 @@ def verify_checkpoint(directory: str | Path) -> Manifest:
             whose sha256 differs from the manifest's.
     """
     path = Path(directory)
-    manifest = read_manifest(path)
+    manifest = read_manifest(path, expected_sha256=expected_sha256)
     read_verified(path / WEIGHTS_FILE, manifest.weights_sha256)
     train_state_file = path / TRAIN_STATE_FILE
     if manifest.train_state_sha256 is not None:
@@ -169,6 +199,7 @@ def load_checkpoint(
     *,
     with_train_state: bool = False,
     map_location: str | torch.device = "cpu",
+    expected_sha256: str = "",
 ) -> LoadedCheckpoint:
     """Read and verify a checkpoint.
 
@@ -180,6 +211,7 @@ def load_checkpoint(
         with_train_state: Also load the optimizer and scheduler state. The result's
             ``train_state`` is None when the checkpoint has none.
         map_location: Device for the loaded tensors.
+        expected_sha256: The manifest's pinned sha256, or empty (see ``read_manifest``).
 
     Returns:
         The verified checkpoint.
@@ -189,7 +221,7 @@ def load_checkpoint(
             valid safetensors.
     """
     path = Path(directory)
-    manifest = read_manifest(path)
+    manifest = read_manifest(path, expected_sha256=expected_sha256)
     weights_file = path / WEIGHTS_FILE
     data = read_verified(weights_file, manifest.weights_sha256)
     state_dict = to_device(parse_safetensors(weights_file, data), map_location)

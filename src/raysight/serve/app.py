@@ -85,7 +85,11 @@ class InferenceServer:
             try:
                 device = _device(settings.device)
                 new = await asyncio.to_thread(
-                    load_served_model, settings.checkpoint, settings.model_name, device
+                    load_served_model,
+                    settings.checkpoint,
+                    settings.model_name,
+                    device,
+                    settings.checkpoint_sha256,
                 )
             except Exception:
                 self._metrics.checkpoint_failures.inc(tags={"model": old.name if old else ""})
@@ -358,9 +362,15 @@ class InferenceServer:
             self._stats.record_request(status is OK, time.perf_counter() - started)
 
 
-def _model_key(settings: ServeSettings) -> tuple[str, str, str]:
-    """The settings that need the model reloaded when they change."""
-    return settings.checkpoint, settings.model_name, settings.device
+def _model_key(settings: ServeSettings) -> tuple[str, ...]:
+    """The settings that need the model reloaded when they change: a new pin reloads the
+    same path, so a checkpoint rewritten in place is picked up when the pin says so."""
+    return (
+        settings.checkpoint,
+        settings.checkpoint_sha256.lower(),
+        settings.model_name,
+        settings.device,
+    )
 
 
 def _tags(model: ServedModel) -> dict[str, str]:

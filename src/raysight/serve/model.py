@@ -54,16 +54,23 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def load_served_model(checkpoint: str, name: str, device: str) -> ServedModel:
+def load_served_model(
+    checkpoint: str, name: str, device: str, expected_sha256: str = ""
+) -> ServedModel:
     """Load and verify `checkpoint` (a directory or an s3:// / gs:// URI).
 
+    Args:
+        expected_sha256: The sha256 its manifest must have (the serving config's pin), or
+            empty.
+
     Raises:
-        CheckpointError: missing, corrupted, truncated or of an unknown format.
+        CheckpointError: missing, corrupted, truncated, of an unknown format, or not the
+            pinned checkpoint.
     """
     if "://" in checkpoint:
-        engine = _load_remote(checkpoint, device)
+        engine = _load_remote(checkpoint, device, expected_sha256)
     else:
-        engine = Engine(load_checkpoint(checkpoint), device)
+        engine = Engine(load_checkpoint(checkpoint, expected_sha256=expected_sha256), device)
     manifest = engine.manifest
     served = ServedModel(
         engine=engine,
@@ -81,7 +88,7 @@ def load_served_model(checkpoint: str, name: str, device: str) -> ServedModel:
     return served
 
 
-def _load_remote(uri: str, device: str) -> Engine:
+def _load_remote(uri: str, device: str, expected_sha256: str) -> Engine:
     """Copy an object-store checkpoint to local disk, then load it (hashes are checked there)."""
     try:
         filesystem, path = resolve(uri)
@@ -101,4 +108,4 @@ def _load_remote(uri: str, device: str) -> Engine:
             raise CheckpointError(f"cannot copy checkpoint {uri}: {exc}") from exc
         if not any(local.iterdir()):
             raise CheckpointError(f"checkpoint {uri}: no such checkpoint (nothing at that URI)")
-        return Engine(load_checkpoint(local), device)
+        return Engine(load_checkpoint(local, expected_sha256=expected_sha256), device)

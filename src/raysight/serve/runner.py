@@ -24,7 +24,7 @@ from ray.serve.schema import ApplicationStatus
 
 from raysight.errors import RaysightError
 from raysight.serve.grpc_services import GRPC_SERVICER_FUNCTIONS
-from raysight.serve.settings import ServeSettings
+from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, MESSAGE_SIZE_ENV, ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def serve_config(
     num_gpus: float = 0.0,
     max_ongoing_requests: int = 64,
     max_queued_requests: int = 256,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     autoscaling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Serve config document (as in services/serve.yaml and a RayService's serveConfigV2).
@@ -84,13 +85,19 @@ def serve_config(
         max_ongoing_requests: per replica; must exceed the batch size for batches to fill.
         max_queued_requests: waiting requests beyond which Serve answers RESOURCE_EXHAUSTED
             (clients back off) instead of letting latency grow without bound.
+        max_message_bytes: the largest request (and answer) the replicas' gRPC servers
+            take; a larger one is refused with RESOURCE_EXHAUSTED before it is parsed.
         autoscaling: a Serve autoscaling_config (min_replicas, max_replicas, ...).
     """
     deployment: dict[str, Any] = {
         "name": DEPLOYMENT,
         "max_ongoing_requests": max_ongoing_requests,
         "max_queued_requests": max_queued_requests,
-        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
+        "ray_actor_options": {
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "runtime_env": {"env_vars": {MESSAGE_SIZE_ENV: str(max_message_bytes)}},
+        },
         "user_config": settings.to_dict(),
     }
     if autoscaling:

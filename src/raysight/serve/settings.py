@@ -7,6 +7,7 @@ value, and to a `raysight serve` flag.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -15,7 +16,16 @@ from raysight.config import doc, from_plain
 from raysight.errors import ConfigError
 from raysight.serve.batching import BatchLimits
 
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""The largest gRPC message the ingress takes: 32 FP32 images of 3x224x224 (19 MB) or a
+10 MiB image, with room to spare. Ray's default is 2 GiB, which a client could make a
+replica parse."""
+MESSAGE_SIZE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
+"""Read by Serve when a process imports it: the direct-ingress replicas' gRPC servers (set
+through the replicas' runtime_env) and the classic proxy (the cluster's environment)."""
+
 Device = Literal["auto", "cpu", "cuda"]
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,14 @@ class ServeSettings:
             "Checkpoint directory or s3:// / gs:// URI. Changing it swaps the model without "
             "downtime."
         )
+    )
+    checkpoint_sha256: str = field(
+        default="",
+        metadata=doc(
+            "sha256 of the checkpoint's manifest.json (64 hex digits), or empty. Pins the "
+            "checkpoint: the manifest lists the sha256 of every other file, so a replica "
+            "refuses any other bytes at that path. Changing it reloads the checkpoint."
+        ),
     )
     model_name: str = field(
         default="",
@@ -79,6 +97,10 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if not self.checkpoint:
             raise ConfigError("checkpoint is required")
+        if self.checkpoint_sha256 and not _SHA256.fullmatch(self.checkpoint_sha256):
+            raise ConfigError(
+                f"checkpoint_sha256 must be 64 hex digits, got {self.checkpoint_sha256!r}"
+            )
         positive = ("max_batch_size", "max_concurrent_batches", "top_k", "max_image_bytes")
         for name in (*positive, "max_image_pixels"):
             if getattr(self, name) <= 0:

@@ -92,7 +92,10 @@ from the same settings, so `serve deploy`, `raysight serve` and the RayService a
   "name" "InferenceServer"
   "max_ongoing_requests" (int $serve.maxOngoingRequests)
   "max_queued_requests" (int $serve.maxQueuedRequests)
-  "ray_actor_options" (dict "num_cpus" $serve.numCpus "num_gpus" $serve.numGpus)
+  "ray_actor_options" (dict
+    "num_cpus" $serve.numCpus
+    "num_gpus" $serve.numGpus
+    "runtime_env" (dict "env_vars" (dict "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE" (toString (int $serve.maxMessageBytes)))))
   "user_config" $serve.settings
 }}
 {{- if $serve.autoscaling }}
@@ -122,7 +125,7 @@ from the same settings, so `serve deploy`, `raysight serve` and the RayService a
 Environment of every Ray container. RAY_AUTH_MODE is always set: with token
 authentication KubeRay adds the token beside it, and without, "disabled" must be explicit
 because raysight's own processes (the training driver) default to "token" when it is unset.
-Arguments: root, haproxy (bool).
+Arguments: root, haproxy (bool), maxMessageBytes (serving only).
 */}}
 {{- define "raysight.rayEnv" -}}
 {{- $root := .root -}}
@@ -131,6 +134,11 @@ Arguments: root, haproxy (bool).
 {{- if .haproxy }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: "1"
+{{- end }}
+{{- with .maxMessageBytes }}
+# The classic proxy's cap on gRPC messages (replicas get theirs from serveConfigV2).
+- name: RAY_SERVE_GRPC_MAX_MESSAGE_SIZE
+  value: {{ . | int | toString | quote }}
 {{- end }}
 {{- with $root.Values.ray.env }}
 {{ toYaml . }}
