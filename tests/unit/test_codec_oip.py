@@ -15,6 +15,7 @@ from tritonclient.grpc import service_pb2 as triton
 from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight.codec.oip import (
     DATATYPES,
+    InputSpec,
     decode_inputs,
     decode_outputs,
     encode_inputs,
@@ -440,3 +441,46 @@ def test_unknown_requested_output() -> None:
     with _raises('outputs[1] "scores": no such output; available: logits, probs'):
         encode_outputs(response, outputs, requested=["probs", "scores"])
     assert not response.outputs  # nothing half-written
+
+
+# --- the model's inputs, checked from the headers -------------------------------------------
+
+SPECS = {"images": InputSpec((1, 8, 8), {"FP32": "normalised", "UINT8": "pixels"})}
+
+
+def _header_only(shape: list[int], datatype: str = "FP32", name: str = "images") -> Any:
+    """A request whose tensor declares `shape` and carries no data at all."""
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name=name, datatype=datatype, shape=shape)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("request_", "message", "reason"),
+    [
+        # Huge declared dimensions: refused by shape, nothing allocated or read.
+        (_header_only([1, 100_000, 100_000, 100_000]), "shape must be [-1, 1, 8, 8]", "bad_shape"),
+        (_header_only([2, 3, 8, 8]), "got [2, 3, 8, 8]", "bad_shape"),
+        (_header_only([1, 1, 8, 8], "FP64"), "FP32 (normalised) or UINT8 (pixels)", "bad_datatype"),
+        (_header_only([1, 1, 8, 8], "NOPE"), "got NOPE", "bad_datatype"),
+        (_header_only([1, 1, 8, 8], name="x"), 'one input named "images"', "bad_input_name"),
+    ],
+)
+def test_the_models_inputs_are_checked_before_any_data(
+    request_: pb.ModelInferRequest, message: str, reason: str
+) -> None:
+    with pytest.raises(InputError) as error:
+        decode_inputs(request_, max_batch_size=32, specs=SPECS)
+    assert message in str(error.value) and error.value.reason == reason
+    # Without the model's inputs, the same request fails only on its (missing) data.
+    with pytest.raises(InputError, match=r"no data|datatype"):
+        decode_inputs(request_, max_batch_size=32)
+
+
+def test_inputs_that_fit_the_spec_decode_as_before() -> None:
+    pixels = np.arange(128, dtype=np.uint8).reshape(2, 1, 8, 8)
+    for raw in (True, False):
+        decoded = decode_inputs(
+            _request({"images": pixels}, raw=raw), max_batch_size=32, specs=SPECS
+        )
+        np.testing.assert_array_equal(decoded["images"], pixels)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +116,21 @@ def from_numpy_dtype(dtype: np.dtype[Any]) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """What one input of a model must be, checked from the request's tensor headers before
+    any of its data is read, so a request that cannot fit costs no decoding.
+
+    Attributes:
+        shape: The shape after the batch dimension, e.g. (C, H, W).
+        datatypes: Each accepted OIP datatype and what it means, for messages, e.g.
+            {"FP32": "normalised", "UINT8": "pixels"}.
+    """
+
+    shape: tuple[int, ...]
+    datatypes: Mapping[str, str]
+
+
 def _where(kind: str, index: int, name: str) -> str:
     # How messages name a tensor: 'inputs[0] "images"'.
     return f'{kind}[{index}] "{name}"'
@@ -177,6 +193,34 @@ def _check_batches(
         if shape[0] != shapes[0][0]:
             raise InputError(
                 f"{where}: batch size {shape[0]} differs from {shapes[0][0]} of inputs[0]"
+            )
+
+
+def _check_specs(
+    tensors: Sequence[_Tensor], shapes: Sequence[tuple[int, ...]], specs: Mapping[str, InputSpec]
+) -> None:
+    # Names, datatypes and shapes against the model's, from the headers alone.
+    names = [tensor.name for tensor in tensors]
+    if sorted(names) != sorted(specs):
+        wanted = ", ".join(f'"{name}"' for name in specs)
+        count = "one input" if len(specs) == 1 else f"{len(specs)} inputs"
+        raise InputError(
+            f"inputs: expected {count} named {wanted}, got {sorted(names)}",
+            reason="bad_input_name",
+        )
+    for tensor, shape in zip(tensors, shapes, strict=True):
+        spec = specs[tensor.name]
+        if tensor.datatype not in spec.datatypes:
+            accepted = " or ".join(f"{d} ({meaning})" for d, meaning in spec.datatypes.items())
+            raise InputError(
+                f'inputs "{tensor.name}": datatype must be {accepted}, got {tensor.datatype}',
+                reason="bad_datatype",
+            )
+        if shape[1:] != spec.shape:
+            dims = ", ".join(str(d) for d in (-1, *spec.shape))
+            raise InputError(
+                f'inputs "{tensor.name}": shape must be [{dims}], got {list(shape)}',
+                reason="bad_shape",
             )
 
 
@@ -257,12 +301,22 @@ def _decode_tensors(
     return arrays
 
 
-def decode_inputs(request: ModelInferRequest, *, max_batch_size: int) -> dict[str, np.ndarray]:
+def decode_inputs(
+    request: ModelInferRequest,
+    *,
+    max_batch_size: int,
+    specs: Mapping[str, InputSpec] | None = None,
+) -> dict[str, np.ndarray]:
     """Read the input tensors of an inference request.
+
+    Every check that the headers allow comes before any tensor's data is read: names,
+    batch sizes and, given `specs`, the model's inputs, datatypes and shapes; then the byte
+    length or value count of each tensor against its shape.
 
     Args:
         request: The request; its inputs use raw_input_contents or typed contents, not both.
         max_batch_size: The largest batch (first dimension) an input may have, >= 1.
+        specs: The model's inputs by name; None accepts any names, datatypes and shapes.
 
     Returns:
         Arrays by input name, in request order, each with its datatype's dtype in native byte
@@ -273,8 +327,8 @@ def decode_inputs(request: ModelInferRequest, *, max_batch_size: int) -> dict[st
         InputError: If the request is malformed: no inputs, an empty or repeated name, an
             unknown datatype, a negative dimension, a batch of 0, over `max_batch_size` or
             different between inputs, raw and typed contents mixed, a raw entry per input
-            missing, a byte length or value count that does not match the shape, or a typed
-            value out of range for its datatype.
+            missing, a byte length or value count that does not match the shape, a typed
+            value out of range for its datatype, or inputs other than `specs` describes.
         ValueError: If `max_batch_size` is below 1.
     """
     if max_batch_size < 1:
@@ -285,6 +339,8 @@ def decode_inputs(request: ModelInferRequest, *, max_batch_size: int) -> dict[st
     raw = _raw_per_tensor(tensors, request.raw_input_contents, "inputs", "raw_input_contents")
     shapes = _check_headers(tensors, "inputs")
     _check_batches(tensors, shapes, max_batch_size)
+    if specs is not None:
+        _check_specs(tensors, shapes, specs)
     return _decode_tensors(tensors, shapes, raw, "inputs", "raw_input_contents")
 
 

@@ -15,11 +15,13 @@ from raysight import __version__
 from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.inference import model_config_pb2 as mc
 from raysight.codec import oip
-from raysight.errors import InputError
 from raysight.serve.errors import Status
 from raysight.serve.model import INPUT_NAME, OUTPUTS, ServedModel
 from raysight.serve.offload import INLINE_BYTES, INLINE_PIXEL_BYTES
 from raysight.serve.settings import ServeSettings
+
+# The forms the one input may take, and what each means.
+_INPUT_DATATYPES = {"FP32": "normalised", "UINT8": "pixels"}
 
 EXTENSIONS = ("model_configuration", "statistics", "model_repository")
 
@@ -121,29 +123,14 @@ def model_inputs(
         InputError: If the request is malformed, names other inputs, or its input has the
             wrong shape or datatype.
     """
-    tensors = oip.decode_inputs(request, max_batch_size=settings.max_batch_size)
-    if set(tensors) != {INPUT_NAME}:
-        raise InputError(
-            f'inputs: expected one input named "{INPUT_NAME}", got {sorted(tensors)}',
-            reason="bad_input_name",
-        )
-    tensor = tensors[INPUT_NAME]
-    expected = model.input_shape
-    if tensor.ndim != 4 or tuple(tensor.shape[1:]) != expected:
-        raise InputError(
-            f'inputs "{INPUT_NAME}": shape must be [-1, {", ".join(map(str, expected))}], '
-            f"got {list(tensor.shape)}",
-            reason="bad_shape",
-        )
+    spec = oip.InputSpec(model.input_shape, _INPUT_DATATYPES)
+    tensors = oip.decode_inputs(
+        request, max_batch_size=settings.max_batch_size, specs={INPUT_NAME: spec}
+    )
+    tensor = tensors[INPUT_NAME]  # (B, C, H, W), FP32 or UINT8: checked from the headers
     if tensor.dtype == np.uint8:
         return model.engine.normalize(tensor)
-    if tensor.dtype == np.float32:
-        return np.ascontiguousarray(tensor)
-    raise InputError(
-        f'inputs "{INPUT_NAME}": datatype must be FP32 (normalised) or UINT8 (pixels), '
-        f"got {oip.from_numpy_dtype(tensor.dtype)}",
-        reason="bad_datatype",
-    )
+    return np.ascontiguousarray(tensor, dtype=np.float32)
 
 
 def infer_response(
