@@ -35,7 +35,9 @@ def _crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[float, fl
     # the same as "resize the shorter side, then centre crop", with a single resampling.
     out_h, out_w = size
     scale = min(width / out_w, height / out_h)
-    crop_w, crop_h = out_w * scale, out_h * scale
+    # min(): out * (side / out) can round to just past the side (30 * (31 / 30) > 31), and
+    # Pillow refuses a box that starts a hair before the edge.
+    crop_w, crop_h = min(out_w * scale, width), min(out_h * scale, height)
     left, top = (width - crop_w) / 2, (height - crop_h) / 2
     return (left, top, left + crop_w, top + crop_h)
 
