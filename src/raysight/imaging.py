@@ -1,7 +1,8 @@
 """Image preparation shared by training and serving: Pillow and numpy only.
 
 Training (`raysight.data.imagefolder`) and serving (`raysight.codec.image`) both turn a
-decoded image into model pixels here, so the same file gives the same pixels in both.
+decoded image into model pixels here, so the same file gives the same pixels in both. Both
+also name a refused file's format here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,28 @@ from PIL import Image, ImageOps
 
 # Pillow mode per channel count: grey or RGB.
 MODES: dict[int, str] = {1: "L", 3: "RGB"}
+
+# Leading bytes that announce a format, as (Pillow's name, offset, bytes): enough to name a
+# refused file's format without handing its bytes to that format's reader. Common formats
+# only; anything else goes unnamed.
+_SIGNATURES: tuple[tuple[str, int, bytes], ...] = (
+    ("PNG", 0, b"\x89PNG\r\n\x1a\n"),
+    ("JPEG", 0, b"\xff\xd8\xff"),
+    ("WEBP", 8, b"WEBP"),  # after "RIFF" and the chunk size
+    ("GIF", 0, b"GIF87a"),
+    ("GIF", 0, b"GIF89a"),
+    ("BMP", 0, b"BM"),
+    ("TIFF", 0, b"II*\x00"),  # little-endian
+    ("TIFF", 0, b"MM\x00*"),  # big-endian
+    ("ICO", 0, b"\x00\x00\x01\x00"),
+    ("PSD", 0, b"8BPS"),
+    ("JPEG2000", 0, b"\x00\x00\x00\x0cjP  \r\n\x87\n"),  # JP2 file
+    ("JPEG2000", 0, b"\xff\x4f\xff\x51"),  # bare codestream
+    ("AVIF", 4, b"ftypavif"),
+    ("HEIF", 4, b"ftypheic"),  # iPhone photos
+)
+# How formats are named to people, where Pillow's upper-case name reads badly.
+_DISPLAY_NAMES = {"WEBP": "WebP", "JPEG2000": "JPEG 2000"}
 
 
 def check_geometry(size: tuple[int, int], channels: int) -> None:
@@ -28,6 +51,29 @@ def check_geometry(size: tuple[int, int], channels: int) -> None:
     out_h, out_w = size
     if out_h <= 0 or out_w <= 0:
         raise ValueError(f"size must be positive, got {size}")
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format a file's leading bytes announce, by Pillow's name, e.g. "GIF".
+
+    Only compares bytes: no image reader sees `data`, so this is safe on any input. For
+    messages about a file no accepted reader opened.
+
+    Args:
+        data: The encoded file, or at least its first 16 bytes.
+
+    Returns:
+        The format's name, or None if the bytes announce none of the common formats.
+    """
+    for name, offset, magic in _SIGNATURES:
+        if data.startswith(magic, offset):
+            return name
+    return None
+
+
+def display_name(fmt: str) -> str:
+    """A format as people write it: Pillow's "WEBP" -> "WebP"; most names are unchanged."""
+    return _DISPLAY_NAMES.get(fmt, fmt)
 
 
 def _crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[float, float, float, float]:

@@ -103,6 +103,72 @@ def test_format_not_accepted() -> None:
         decode_image(encode_image(_photo(), "WEBP"), size=SIZE, channels=3, limits=png_only)
 
 
+# A Photoshop file's signature and version, then junk: Pillow cannot write PSD.
+_PSD = b"8BPS\x00\x01" + bytes(64)
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        pytest.param(encode_image(_photo(), "GIF"), "GIF", id="gif"),
+        pytest.param(encode_image(_photo(), "BMP"), "BMP", id="bmp"),
+        pytest.param(encode_image(_photo(), "TIFF"), "TIFF", id="tiff"),
+        pytest.param(encode_image(_photo(), "ICO"), "ICO", id="ico"),
+        pytest.param(encode_image(_photo(), "JPEG2000"), "JPEG 2000", id="jpeg2000"),
+        pytest.param(_PSD, "PSD", id="psd"),
+    ],
+)
+def test_other_formats_are_refused_by_name(
+    data: bytes, name: str, other_readers: list[str]
+) -> None:
+    with pytest.raises(InputError) as error:
+        decode_image(data, size=SIZE, channels=3)
+    assert str(error.value) == f"image: {name} is not accepted; send a PNG, JPEG or WebP image"
+    assert error.value.reason == "image_format"
+    assert other_readers == []  # named from its leading bytes, not by its reader
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_accepted_formats_need_no_other_reader(fmt: str, other_readers: list[str]) -> None:
+    decode_image(encode_image(_photo(), fmt), size=SIZE, channels=3)
+    assert other_readers == []
+
+
+def test_garbage_is_seen_by_no_other_reader(other_readers: list[str]) -> None:
+    with _raises("image: not a PNG, JPEG or WebP image"):
+        decode_image(b"\x00\x01 no format starts like this", size=SIZE, channels=3)
+    assert other_readers == []
+
+
+def test_a_gif_carrying_a_png_is_refused_as_a_gif() -> None:
+    # A polyglot: a GIF with a whole PNG after it. Only the leading bytes decide the format,
+    # and no accepted reader takes a GIF's.
+    data = encode_image(_photo(), "GIF") + encode_image(_photo(), "PNG")
+    with _raises("image: GIF is not accepted; send a PNG, JPEG or WebP image"):
+        decode_image(data, size=SIZE, channels=3)
+
+
+def test_a_png_carrying_a_gif_decodes_as_the_png() -> None:
+    # Bytes after a PNG's end are never read, whatever they are.
+    png = encode_image(_photo(), "PNG")
+    served = decode_image(png + encode_image(_photo(), "GIF"), size=SIZE, channels=3)
+    np.testing.assert_array_equal(served, decode_image(png, size=SIZE, channels=3))
+
+
+def test_multi_picture_jpegs_decode_their_first_picture() -> None:
+    # Many phone and camera photos: Pillow's JPEG reader names them "MPO".
+    buffer = io.BytesIO()
+    first, second = Image.fromarray(_photo(61, 97)), Image.fromarray(_photo(30, 40))
+    first.save(buffer, format="MPO", save_all=True, append_images=[second])
+    data = buffer.getvalue()
+    with Image.open(io.BytesIO(data), formats=["JPEG"]) as opened:
+        assert opened.format == "MPO"
+    served = decode_image(data, size=SIZE, channels=3)
+    np.testing.assert_array_equal(served, training_decode(data, SIZE, 3, "file"))
+    single = decode_image(encode_image(_photo(61, 97), "JPEG"), size=SIZE, channels=3)
+    np.testing.assert_array_equal(served, single)
+
+
 def test_too_many_pixels_from_the_header() -> None:
     # 50 megapixels claimed by a 70-byte file: refused from the header, nothing decoded.
     with _raises("image: 10000x5000 is 50000000 pixels, over the limit of 40000000"):
@@ -137,6 +203,8 @@ def test_limits_are_validated() -> None:
         ImageLimits(max_bytes=0)
     with pytest.raises(ValueError, match="at least one"):
         ImageLimits(formats=frozenset())
+    with pytest.raises(ValueError, match=re.escape("formats ['MPO'] name no reader")):
+        ImageLimits(formats=frozenset({"JPEG", "MPO"}))
 
 
 def test_bad_geometry_is_a_setting_error() -> None:
@@ -164,6 +232,7 @@ def test_codecs_import_neither_torch_nor_ray_nor_grpc() -> None:
         (b"", ImageLimits(), "empty_image"),
         (b"x" * 100, ImageLimits(max_bytes=10), "image_too_large"),
         (b"not an image at all", ImageLimits(), "not_an_image"),
+        (encode_image(_photo(), "GIF"), ImageLimits(), "image_format"),
     ],
 )
 def test_errors_carry_a_metrics_reason(data: bytes, limits: ImageLimits, reason: str) -> None:
