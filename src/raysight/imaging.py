@@ -1,8 +1,8 @@
 """Image preparation shared by training and serving: Pillow and numpy only.
 
-Training (`raysight.data.imagefolder`) and serving (`raysight.codec.image`) both turn a
-decoded image into model pixels here, so the same file gives the same pixels in both. Both
-also name a refused file's format here.
+Training (`raysight.data.imagefolder`) and serving (`raysight.codec.image`) both decode an
+opened image and turn it into model pixels here, so the same file gives the same pixels in
+both. Both also name a refused file's format here.
 """
 
 from __future__ import annotations
@@ -76,6 +76,29 @@ def display_name(fmt: str) -> str:
     return _DISPLAY_NAMES.get(fmt, fmt)
 
 
+def prepare_decode(image: Image.Image, size: tuple[int, int]) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale when `to_pixels` shrinks it that much anyway.
+
+    libjpeg then computes a fraction of the pixels: a 12-megapixel photo for a 32x32 model
+    decodes at 500x375 instead of 4000x3000. The scale keeps the decoded image at least as
+    large as the size `to_pixels` resizes it to, so that step never enlarges and the pixels
+    stay close to a full decode. Other formats ignore the request. Training and serving both
+    call this, so a file gives the same pixels in both.
+
+    Args:
+        image: Opened and not yet loaded (call before `load()`).
+        size: The (H, W) `to_pixels` will be asked for.
+    """
+    # The image is still as stored, and to_pixels may then rotate it per EXIF, swapping
+    # width and height. The longer output side, asked for in both axes, covers the target
+    # either way round. (The shorter side would not: a 64x8 (H, W) target from a 256x256
+    # photo needs 64 rows, and 1/8 scale would leave 32.) Pillow picks the largest scale
+    # whose result still covers the request. Mode None: keep the mode, so grey comes from
+    # the same RGB -> "L" conversion as always.
+    side = max(size)
+    image.draft(None, (side, side))
+
+
 def _crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
     # The centred source region with the target's aspect ratio: resizing just this region is
     # the same as "resize the shorter side, then centre crop", with a single resampling.
@@ -95,7 +118,8 @@ def to_pixels(image: Image.Image, size: tuple[int, int], channels: int) -> np.nd
     then scaled with bilinear filtering so its shorter side fits and centre-cropped to `size`.
 
     Args:
-        image: A decoded image (call `load()` first so decoding errors surface there).
+        image: A decoded image (call `prepare_decode`, then `load()` first, so decoding
+            errors surface there).
         size: Output (H, W); see `check_geometry`.
         channels: 1 for grey, 3 for RGB.
 

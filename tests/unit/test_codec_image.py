@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from raysight import imaging
 from raysight.codec.image import ImageLimits, decode_image
 from raysight.data.imagefolder import decode_image as training_decode
 from raysight.errors import InputError
@@ -77,6 +78,75 @@ def test_exif_orientation_is_applied_as_in_training() -> None:
     np.testing.assert_array_equal(served, training_decode(data, (80, 48), 3, "file"))
     # Upright, red (the stored row gradient) now grows from right to left.
     assert served[0, 40, 0] > served[0, 40, -1]
+
+
+def _large_jpeg(orientation: int = 1) -> bytes:
+    """A 4000x3000 photo-like JPEG (gradients and soft waves) with an EXIF orientation."""
+    height, width = 300, 400
+    rows, cols = np.mgrid[0:height, 0:width]
+    waves = 127.5 + 127.5 * np.sin(cols / width * 16 * np.pi) * np.cos(rows / height * 10 * np.pi)
+    small = _photo(height, width)
+    small[..., 2] = waves.astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    large = Image.fromarray(small).resize((4000, 3000), Image.Resampling.BICUBIC)
+    large.save(buffer, format="JPEG", exif=exif, quality=90)
+    return buffer.getvalue()
+
+
+def _full_decode(data: bytes, size: tuple[int, int], channels: int) -> np.ndarray:
+    """The pixels without a reduced decode: every stored pixel decoded, then resized."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return imaging.to_pixels(image, size, channels)
+
+
+@pytest.fixture
+def decoded_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The (W, H) of every image handed to `imaging.to_pixels`: the size after decoding."""
+    sizes: list[tuple[int, int]] = []
+    to_pixels = imaging.to_pixels
+
+    def recording(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
+        sizes.append(image.size)
+        return to_pixels(image, size, channels)
+
+    monkeypatch.setattr(imaging, "to_pixels", recording)
+    return sizes
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_large_jpeg_decodes_reduced_and_close_to_full(
+    orientation: int, channels: int, decoded_sizes: list[tuple[int, int]]
+) -> None:
+    data = _large_jpeg(orientation)
+    served = decode_image(data, size=(32, 32), channels=channels)
+    trained = training_decode(data, (32, 32), channels, "file")
+    assert decoded_sizes == [(500, 375), (500, 375)]  # an eighth, in serving and training
+    np.testing.assert_array_equal(served, trained)
+    difference = np.abs(served.astype(int) - _full_decode(data, (32, 32), channels))
+    assert difference.mean() < 3
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(encode_image(_photo(61, 97), "JPEG"), id="small-jpeg"),
+        pytest.param(encode_image(_photo(600, 800), "PNG"), id="large-png"),
+        pytest.param(encode_image(_photo(600, 800), "WEBP"), id="large-webp"),
+    ],
+)
+def test_other_images_give_the_pixels_of_a_full_decode(
+    data: bytes, decoded_sizes: list[tuple[int, int]]
+) -> None:
+    # A JPEG under twice the target, and any PNG or WebP, decode in full as before.
+    served = decode_image(data, size=SIZE, channels=3)
+    with Image.open(io.BytesIO(data)) as stored:
+        assert decoded_sizes[0] == stored.size
+    np.testing.assert_array_equal(served, _full_decode(data, SIZE, 3))
+    np.testing.assert_array_equal(served, training_decode(data, SIZE, 3, "file"))
 
 
 def test_empty() -> None:

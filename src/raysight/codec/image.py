@@ -133,7 +133,8 @@ def decode_image(
     Checks, cheapest first: not empty, at most `limits.max_bytes`, a readable header of an
     accepted format, at most `limits.max_pixels`; then decodes, turns the image upright per
     its EXIF orientation, converts to grey or RGB, and resizes the shorter side and centre
-    crops to `size` with bilinear filtering, exactly as training does.
+    crops to `size` with bilinear filtering, exactly as training does (a large JPEG decodes
+    at a reduced scale that still covers `size`; see `raysight.imaging.prepare_decode`).
 
     Args:
         data: The encoded file, e.g. a PNG, JPEG or WebP as stored on disk.
@@ -159,6 +160,7 @@ def decode_image(
         )
     with _open(data, limits) as image:
         _check_header(image, limits)
+        imaging.prepare_decode(image, size)
         try:
             image.load()  # decode now, so truncation is reported here and not later
             return imaging.to_pixels(image, size, channels)

@@ -192,7 +192,9 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int, source: str)
 
     The image is turned upright per its EXIF orientation, converted to grey ("L") or "RGB",
     then scaled with bilinear filtering so its shorter side fits and centre-cropped to `size`
-    (`raysight.imaging.to_pixels`, which serving shares so both see the same pixels).
+    (`raysight.imaging.to_pixels`, which serving shares so both see the same pixels). A
+    large JPEG decodes at a reduced scale that still covers `size`
+    (`raysight.imaging.prepare_decode`, also shared).
 
     Args:
         data: Encoded image bytes: a JPEG, PNG or WebP by content, whatever the file's name.
@@ -210,6 +212,7 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int, source: str)
     """
     imaging.check_geometry(size, channels)
     with _open(data, source) as opened:
+        imaging.prepare_decode(opened, size)
         try:
             opened.load()  # decode now, so truncation is reported here and not later
             return imaging.to_pixels(opened, size, channels)
