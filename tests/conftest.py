@@ -1,4 +1,5 @@
-"""Shared fixtures: paths, the shared datasets, and one real Ray cluster per test session."""
+"""Shared fixtures: paths, the shared datasets, a watch on Pillow's image readers, and one
+real Ray cluster per test session."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -76,6 +78,30 @@ class RayCluster:
     metrics_port: int
     dashboard_url: str  # job submission and the state API
     gcs_address: str  # what RAY_ADDRESS names for drivers joining this cluster
+
+
+# The formats the image decoders read: serving's default limits and image folders alike.
+DECODED_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
+
+
+@pytest.fixture
+def other_readers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Pillow's readers of every other format, each made to record its name when asked
+    whether it takes a file (and to decline); returns the names as they are asked."""
+    Image.init()  # registers every reader now, so none is added after the patch
+    asked: list[str] = []
+
+    def declining(name: str) -> Callable[[bytes], bool]:
+        def accept(prefix: bytes) -> bool:
+            asked.append(name)
+            return False
+
+        return accept
+
+    for name, (factory, _) in list(Image.OPEN.items()):
+        if name not in DECODED_FORMATS:
+            monkeypatch.setitem(Image.OPEN, name, (factory, declining(name)))
+    return asked
 
 
 @pytest.fixture(scope="session")

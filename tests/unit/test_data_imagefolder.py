@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,36 @@ def test_load_arrays_names_an_undecodable_file(tmp_path: Path) -> None:
     (root / "train" / "dog" / "z.jpg").write_bytes(b"\xff\xd8\xff not really")
     with pytest.raises(DataError, match=r"z\.jpg"):
         load_folder_arrays(scan(str(root), "train"), (6, 8), 3)
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("GIF", "GIF"), ("BMP", "BMP"), ("TIFF", "TIFF")])
+def test_a_file_of_another_format_is_named_and_not_parsed(
+    tmp_path: Path, fmt: str, name: str, other_readers: list[str]
+) -> None:
+    # Named .jpg, but its bytes are another format: the content decides, not the name.
+    root = _make_folder(tmp_path)
+    wrong = root / "train" / "dog" / "z.jpg"
+    wrong.write_bytes(encode_image(_solid(50), fmt))
+    with pytest.raises(DataError) as error:
+        load_folder_arrays(scan(str(root), "train"), (6, 8), 3)
+    assert str(error.value) == f"{wrong}: a {name} file; convert it to JPEG or PNG, or remove it"
+    with pytest.raises(DataError, match=re.escape(f"{wrong}: a {name} file")):
+        image_size_of(str(wrong))
+    assert other_readers == []  # named from its leading bytes, not by its reader
+
+
+def test_an_unknown_file_is_seen_by_no_other_reader(other_readers: list[str]) -> None:
+    with pytest.raises(DataError) as error:
+        decode_image(b"\x00\x01 no format starts like this", (8, 8), 3, "a.png")
+    assert str(error.value) == "a.png: not a readable image; expected a JPEG or PNG file"
+    assert other_readers == []
+
+
+def test_a_png_named_jpg_decodes_by_its_content(tmp_path: Path) -> None:
+    root = _make_folder(tmp_path)
+    (root / "train" / "dog" / "x.JPEG").write_bytes(encode_image(_solid(200), "PNG"))
+    ds = load_folder_arrays(scan(str(root), "train"), (6, 8), 3)
+    assert (ds.images[2] == 200).all()  # lossless: exactly the PNG's pixels
 
 
 def test_registry_requires_size_channels_and_root(tmp_path: Path) -> None:

@@ -21,10 +21,6 @@ logger = logging.getLogger(__name__)
 
 # How formats are listed in messages: these first, in this order, then the rest sorted.
 _PREFERRED_ORDER = ("PNG", "JPEG", "WEBP")
-_DISPLAY_NAMES = {"WEBP": "WebP"}
-# Pillow names a JPEG that carries extra pictures (many phone and camera photos) "MPO"; its
-# first picture is an ordinary JPEG, which is what gets decoded.
-_ALIASES = {"MPO": "JPEG"}
 # What Pillow raises on bytes it cannot identify or decode (UnidentifiedImageError is an
 # OSError; some plugins raise SyntaxError, ValueError or EOFError on corrupt data).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
@@ -40,7 +36,10 @@ class ImageLimits:
             before decoding, so a small file that would expand to gigabytes (a decompression
             bomb) costs nothing. At most Pillow's `Image.MAX_IMAGE_PIXELS`, so this check,
             not Pillow's warning, is what refuses an image.
-        formats: The accepted formats, as Pillow names them (upper case).
+        formats: The accepted formats, as Pillow names them (upper case). Only their
+            readers ever see a request's bytes. "JPEG" includes what Pillow calls "MPO", a
+            JPEG that carries extra pictures (many phone and camera photos): its first
+            picture is an ordinary JPEG, which is what gets decoded.
     """
 
     max_bytes: int = 10 * 1024 * 1024
@@ -55,6 +54,13 @@ class ImageLimits:
             )
         if not self.formats:
             raise ValueError("formats must name at least one image format")
+        Image.init()  # registers every reader Pillow has, so the names can be checked
+        unknown = sorted(self.formats - set(Image.OPEN))
+        if unknown:
+            raise ValueError(
+                f"formats {unknown} name no reader Pillow has; use upper-case reader "
+                "names such as PNG, JPEG (which also reads MPO) or WEBP"
+            )
         pillow_limit = Image.MAX_IMAGE_PIXELS
         if pillow_limit is not None and self.max_pixels > pillow_limit:
             raise ValueError(
@@ -72,14 +78,15 @@ def _describe(formats: Iterable[str]) -> str:
         order = _PREFERRED_ORDER.index(name) if name in _PREFERRED_ORDER else len(_PREFERRED_ORDER)
         return (order, name)
 
-    names = [_DISPLAY_NAMES.get(f, f) for f in sorted(formats, key=rank)]
+    names = [imaging.display_name(f) for f in sorted(formats, key=rank)]
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
-    # Reads the header only: format and size, no pixels yet.
+    # Reads the header only: format and size, no pixels yet. Only the accepted formats'
+    # readers are tried: each of Pillow's many readers would otherwise parse untrusted bytes.
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=sorted(limits.formats))
     except Image.DecompressionBombError as exc:
         # Pillow refuses sizes over twice its own limit while reading the header, before our
         # size check can run; the image is far over ours too.
@@ -88,19 +95,23 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
             reason="image_too_many_pixels",
         ) from exc
     except _DECODE_ERRORS as exc:
-        raise InputError(
-            f"image: not a {_describe(limits.formats)} image", reason="not_an_image"
-        ) from exc
+        raise _unopened(data, limits) from exc
 
 
-def _check_header(image: Image.Image, limits: ImageLimits) -> None:
-    fmt = _ALIASES.get(image.format or "", image.format or "unknown")
-    if fmt not in limits.formats:
-        raise InputError(
-            f"image: {_DISPLAY_NAMES.get(fmt, fmt)} is not accepted; "
+def _unopened(data: bytes, limits: ImageLimits) -> InputError:
+    # No accepted reader opened the file: name its format from the leading bytes where they
+    # announce one that is not accepted (no reader of that format ever sees them).
+    fmt = imaging.sniff_format(data)
+    if fmt is not None and fmt not in limits.formats:
+        return InputError(
+            f"image: {imaging.display_name(fmt)} is not accepted; "
             f"send a {_describe(limits.formats)} image",
             reason="image_format",
         )
+    return InputError(f"image: not a {_describe(limits.formats)} image", reason="not_an_image")
+
+
+def _check_header(image: Image.Image, limits: ImageLimits) -> None:
     width, height = image.size
     if width * height > limits.max_pixels:
         raise InputError(
@@ -122,7 +133,8 @@ def decode_image(
     Checks, cheapest first: not empty, at most `limits.max_bytes`, a readable header of an
     accepted format, at most `limits.max_pixels`; then decodes, turns the image upright per
     its EXIF orientation, converts to grey or RGB, and resizes the shorter side and centre
-    crops to `size` with bilinear filtering, exactly as training does.
+    crops to `size` with bilinear filtering, exactly as training does (a large JPEG decodes
+    at a reduced scale that still covers `size`; see `raysight.imaging.prepare_decode`).
 
     Args:
         data: The encoded file, e.g. a PNG, JPEG or WebP as stored on disk.
@@ -148,6 +160,7 @@ def decode_image(
         )
     with _open(data, limits) as image:
         _check_header(image, limits)
+        imaging.prepare_decode(image, size)
         try:
             image.load()  # decode now, so truncation is reported here and not later
             return imaging.to_pixels(image, size, channels)

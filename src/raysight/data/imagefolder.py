@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
+# The formats read, by Pillow's reader names: those the extensions promise, and WebP, which
+# serving accepts too, so a file serving takes decodes here alike. Only these readers see a
+# file's bytes, whatever its name says (JPEG's reader also opens multi-picture MPO photos).
+FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+# What Pillow raises on a file it cannot read (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 # Folder names that say "a split", not "a class": a root named so is probably one level low.
 _SPLIT_NAMES: frozenset[str] = frozenset({"train", "test", "val", "valid", "validation"})
 # Subfolders of a wrong root opened to tell class folders from other folders.
@@ -163,15 +169,35 @@ def _holds_images(folder: str) -> bool:
         return False
 
 
+def _open(data: bytes, source: str) -> Image.Image:
+    # Reads the header only: format and size, no pixels yet.
+    try:
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except _DECODE_ERRORS as exc:
+        raise DataError(f"{source}: {_unopened(data, exc)}") from exc
+
+
+def _unopened(data: bytes, error: Exception) -> str:
+    # Why no accepted reader opened the file, named from its leading bytes where they say.
+    fmt = imaging.sniff_format(data)
+    if fmt is not None and fmt not in FORMATS:
+        return f"a {imaging.display_name(fmt)} file; convert it to JPEG or PNG, or remove it"
+    if isinstance(error, Image.UnidentifiedImageError):  # its text only shows a buffer's repr
+        return "not a readable image; expected a JPEG or PNG file"
+    return f"not a readable image ({error})"
+
+
 def decode_image(data: bytes, size: tuple[int, int], channels: int, source: str) -> np.ndarray:
     """Decode an encoded image to a fixed-size array.
 
     The image is turned upright per its EXIF orientation, converted to grey ("L") or "RGB",
     then scaled with bilinear filtering so its shorter side fits and centre-cropped to `size`
-    (`raysight.imaging.to_pixels`, which serving shares so both see the same pixels).
+    (`raysight.imaging.to_pixels`, which serving shares so both see the same pixels). A
+    large JPEG decodes at a reduced scale that still covers `size`
+    (`raysight.imaging.prepare_decode`, also shared).
 
     Args:
-        data: Encoded image bytes (JPEG, PNG, or anything Pillow reads).
+        data: Encoded image bytes: a JPEG, PNG or WebP by content, whatever the file's name.
         size: Output (H, W).
         channels: 1 for grey, 3 for RGB.
         source: Where the bytes came from, for messages.
@@ -180,16 +206,18 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int, source: str)
         (C, H, W) uint8 array.
 
     Raises:
-        DataError: If the bytes are not a decodable image; the message names `source`.
+        DataError: If the bytes are not a decodable JPEG, PNG or WebP image; the message
+            names `source`, and the format when the file is of another one.
         ValueError: If `channels` is not 1 or 3, or `size` is not positive.
     """
     imaging.check_geometry(size, channels)
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
+    with _open(data, source) as opened:
+        imaging.prepare_decode(opened, size)
+        try:
             opened.load()  # decode now, so truncation is reported here and not later
             return imaging.to_pixels(opened, size, channels)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{source}: cannot decode image ({exc})") from exc
+        except _DECODE_ERRORS as exc:
+            raise DataError(f"{source}: cannot decode image ({exc})") from exc
 
 
 def image_size_of(path: str) -> tuple[int, int]:
@@ -202,13 +230,10 @@ def image_size_of(path: str) -> tuple[int, int]:
         Height and width in pixels, before any EXIF rotation.
 
     Raises:
-        DataError: If the file cannot be read or is not an image Pillow knows.
+        DataError: If the file cannot be read or is not a JPEG, PNG or WebP image.
     """
-    try:
-        with Image.open(io.BytesIO(fs.read_bytes(path))) as opened:
-            width, height = opened.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from exc
+    with _open(fs.read_bytes(path), path) as opened:
+        width, height = opened.size
     return height, width
 
 
