@@ -27,7 +27,7 @@ from raysight.checkpoint.files import (
     sha256_file,
     to_device,
 )
-from raysight.checkpoint.manifest import Manifest, check_consistency
+from raysight.checkpoint.manifest import Manifest, check_manifest
 from raysight.checkpoint.train_state import TrainState, decode_train_state, encode_train_state
 from raysight.errors import CheckpointError, ConfigError
 from raysight.models import build_model
@@ -85,14 +85,15 @@ def save_checkpoint(
         The checkpoint directory.
 
     Raises:
-        CheckpointError: The manifest is inconsistent or not serialisable, the weights do
-            not fit the model it names, the train state holds an unsupported value, or
-            ``directory`` exists and is not a checkpoint.
+        CheckpointError: The manifest holds a number that is not finite (a NaN metric of a
+            diverged run), is inconsistent or not serialisable, the weights do not fit the
+            model it names, the train state holds an unsupported value, or ``directory``
+            exists and is not a checkpoint.
     """
     target = Path(directory)
     source = str(target)
     # Everything that can be checked is checked before touching the disk.
-    check_consistency(manifest, source)
+    check_manifest(manifest, source)
     manifest.to_json()
     weights = {name: cpu_contiguous(tensor) for name, tensor in state_dict.items()}
     _rebuild(manifest, weights, source)
