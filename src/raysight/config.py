@@ -165,7 +165,11 @@ class TrainConfig:
 
     # --- outputs ---
     output: str = field(
-        default="runs/latest", metadata=doc("Where the final (best) checkpoint is written.")
+        default="runs/latest",
+        metadata=doc(
+            "Where the final (best) checkpoint is written: a local directory or an s3:// / "
+            "gs:// URI (saved locally, then uploaded)."
+        ),
     )
     storage_path: str | None = field(
         default=None,

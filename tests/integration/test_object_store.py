@@ -23,9 +23,11 @@ from raysight.checkpoint import (
     load_checkpoint,
     publish_checkpoint,
 )
+from raysight.config import TrainConfig
 from raysight.data import imagefolder, load_arrays
 from raysight.errors import CheckpointError, DataError
 from tests.builders import encode_image, idx_bytes
+from tests.conftest import RayCluster
 
 pytestmark = pytest.mark.integration
 
@@ -213,3 +215,31 @@ def test_a_failed_upload_leaves_nothing_that_loads_and_keeps_the_local_copy(
             _served(uri)
     finally:
         shutil.rmtree(Path(kept).parent)
+
+
+@pytest.mark.slow
+def test_training_writes_its_checkpoint_to_s3(
+    bucket: str, ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    from raysight.train.trainer import train
+
+    uri = f"s3://{bucket}/runs/trained"
+    cfg = TrainConfig(
+        dataset="digits",
+        model="convnet",
+        model_args={"padding": "same"},
+        epochs=1,
+        batch_size=32,
+        workers=1,
+        max_failures=0,
+        output=uri,
+        storage_path=str(tmp_path / "storage"),
+    )
+    outcome = train(cfg)
+
+    assert outcome.checkpoint == uri
+    assert not Path("s3:").exists()  # once, the URI became a local folder of that name
+    manifest = _served(uri).engine.manifest
+    assert manifest.epoch == outcome.manifest.epoch == 1
+    assert manifest.metrics == outcome.manifest.metrics
+    assert manifest.metrics["test_accuracy"] == outcome.test.accuracy
