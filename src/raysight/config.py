@@ -7,6 +7,7 @@ always be traced back to the exact settings that produced it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -164,7 +165,11 @@ class TrainConfig:
 
     # --- outputs ---
     output: str = field(
-        default="runs/latest", metadata=doc("Where the final (best) checkpoint is written.")
+        default="runs/latest",
+        metadata=doc(
+            "Where the final (best) checkpoint is written: a local directory or an s3:// / "
+            "gs:// URI (saved locally, then uploaded)."
+        ),
     )
     storage_path: str | None = field(
         default=None,
@@ -185,6 +190,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check_positive(self, "epochs", "batch_size", "workers", "keep_checkpoints")
         _check_non_negative(self, "cpus_per_worker", "max_failures", "crop_padding", "limit_train")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -242,6 +248,15 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"expected KEY=VALUE, got {text!r}")
     return key.replace("-", "_"), yaml.safe_load(value)
+
+
+def _check_finite(cfg: TrainConfig) -> None:
+    # YAML reads .nan and .inf as floats, and a NaN passes every range check below (each
+    # comparison with it is false); the manifest, which records the config, refuses them.
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
 
 
 def _check_positive(cfg: object, *names: str) -> None:

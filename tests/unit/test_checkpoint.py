@@ -4,7 +4,9 @@ import ast
 import dataclasses
 import json
 import logging
+import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -402,13 +404,96 @@ def test_inconsistent_manifest_is_refused(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_nan_metric_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="JSON"):
+# --- numbers that are not finite ------------------------------------------------------
+
+# Each group of numbers a manifest carries, as (field named in the error, whether the field
+# is a list, how to put `bad` into the JSON document of a saved manifest).
+_NUMBER_FIELDS: list[tuple[str, bool, Callable[[dict[str, Any], float], None]]] = [
+    ("preprocessing.mean", True, lambda d, bad: d["preprocessing"].update(mean=[bad])),
+    ("preprocessing.std", True, lambda d, bad: d["preprocessing"].update(std=[bad])),
+    ("metrics.val_accuracy", False, lambda d, bad: d["metrics"].update(val_accuracy=bad)),
+    ("metrics.val_loss", False, lambda d, bad: d["metrics"].update(val_loss=bad)),
+    (
+        "class_frequencies",
+        True,
+        lambda d, bad: d.update(class_frequencies=[bad, *FREQUENCIES[1:]]),
+    ),
+    ("train_config.lr", False, lambda d, bad: d["train_config"].update(lr=bad)),
+    ("model_kwargs.width", False, lambda d, bad: d["model_kwargs"].update(width=bad)),
+]
+_NOT_FINITE = [("NaN", float("nan")), ("Infinity", float("inf")), ("-Infinity", float("-inf"))]
+
+
+@pytest.mark.parametrize("group", _NUMBER_FIELDS, ids=[field for field, _, _ in _NUMBER_FIELDS])
+@pytest.mark.parametrize("number", _NOT_FINITE, ids=[spelled for spelled, _ in _NOT_FINITE])
+def test_a_number_that_is_not_finite_is_refused_on_load(
+    tmp_path: Path,
+    group: tuple[str, bool, Callable[[dict[str, Any], float], None]],
+    number: tuple[str, float],
+) -> None:
+    field, in_list, put = group
+    spelled, bad = number
+    path = save_checkpoint(
+        tmp_path / "ckpt",
+        state_dict=_model().state_dict(),
+        manifest=_manifest(class_frequencies=FREQUENCIES),
+    )
+    manifest_file = path / ckpt.MANIFEST_FILE
+    data = json.loads(manifest_file.read_text())
+    put(data, bad)
+    # json.dumps writes the literals NaN, Infinity and -Infinity, which Python's json reads.
+    manifest_file.write_text(json.dumps(data))
+    assert spelled in manifest_file.read_text()
+
+    requirement = "must hold finite numbers" if in_list else "must be a finite number"
+    expected = f"{manifest_file}: field '{field}' {requirement}, got {spelled}"
+    for read in (read_manifest, verify_checkpoint, load_checkpoint):
+        with pytest.raises(CheckpointError) as info:
+            read(path)
+        assert str(info.value) == expected
+
+
+def test_a_number_too_large_for_a_float_reads_as_infinity_and_is_refused(
+    saved: tuple[Path, torch.nn.Module],
+) -> None:
+    path, _ = saved
+    manifest_file = path / ckpt.MANIFEST_FILE
+    text = manifest_file.read_text().replace('"val_loss": 0.08', '"val_loss": 1e999')
+    manifest_file.write_text(text)
+    with pytest.raises(CheckpointError, match=r"'metrics\.val_loss' must be a finite number"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "changes"),
+    [
+        ("metrics.val_loss", {"metrics": {"val_accuracy": 0.1, "val_loss": float("nan")}}),
+        ("preprocessing.mean", {"preprocessing": Preprocessing(mean=(math.inf,), std=(0.25,))}),
+        ("train_config.lr", {"train_config": {"lr": -math.inf}}),
+    ],
+)
+def test_a_number_that_is_not_finite_is_refused_before_saving(
+    tmp_path: Path, field: str, changes: dict[str, Any]
+) -> None:
+    # A diverged run's NaN loss would otherwise make a checkpoint that could never load.
+    with pytest.raises(CheckpointError, match=re.escape(f"field '{field}' must")) as info:
         save_checkpoint(
-            tmp_path / "ckpt",
-            state_dict=_model().state_dict(),
-            manifest=_manifest(metrics={"val_loss": float("nan")}),
+            tmp_path / "ckpt", state_dict=_model().state_dict(), manifest=_manifest(**changes)
         )
+    assert str(tmp_path / "ckpt") in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finite_extremes_still_load(tmp_path: Path) -> None:
+    manifest = _manifest(
+        preprocessing=Preprocessing(mean=(-3.5,), std=(1e-300,)),
+        metrics={"val_accuracy": 0.0, "val_loss": 1e300, "steps": 7},
+        train_config={"lr": 1e-30, "warmup_fraction": 0.0},
+    )
+    path = save_checkpoint(tmp_path / "ckpt", state_dict=_model().state_dict(), manifest=manifest)
+    loaded = load_checkpoint(path).manifest
+    assert loaded.metrics == {"val_accuracy": 0.0, "val_loss": 1e300, "steps": 7.0}
+    assert loaded.preprocessing == manifest.preprocessing
 
 
 @pytest.mark.parametrize("kind", ["file", "foreign directory"])

@@ -31,6 +31,9 @@ def test_round_trip_through_plain_values() -> None:
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"batch_size": 65, "workers": 2}, "divisible by workers"),
         ({"channels": 2}, "channels must be 1 or 3"),
+        ({"lr": float("nan")}, "lr must be a finite number, got nan"),
+        ({"weight_decay": float("inf")}, "weight_decay must be a finite number, got inf"),
+        ({"cpus_per_worker": float("-inf")}, "cpus_per_worker must be a finite number"),
     ],
 )
 def test_bad_values_name_the_field(values: dict, message: str) -> None:

@@ -73,3 +73,22 @@ def test_test_classes_must_match_train_classes(tmp_path: Path) -> None:
     cfg = TrainConfig(dataset="imagefolder", data_dir=str(root), image_size=(8, 8))
     with pytest.raises(DataError, match=r"test classes \['cat'\] differ from train classes"):
         trainer.prepare_data(cfg)
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("ftp://host/runs/x", r"output: ftp://host/runs/x: cannot open this location"),
+        ("taken", r"output: .*taken: exists and is not a checkpoint directory"),
+    ],
+)
+def test_an_output_the_checkpoint_cannot_go_to_is_refused_before_training(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, output: str, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("a file, not a checkpoint")
+    reached: list[str] = []
+    monkeypatch.setattr(trainer, "prepare_data", lambda cfg: reached.append("data"))
+    with pytest.raises(ConfigError, match=message):
+        trainer.prepare(TrainConfig(dataset="digits", output=output))
+    assert reached == []  # refused before the data was even read

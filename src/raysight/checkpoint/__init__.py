@@ -9,7 +9,8 @@ A checkpoint is a directory holding
 
 Nothing is pickled, so loading a checkpoint cannot run code. Saving is atomic: the files are
 written to a hidden sibling directory and renamed onto the target, so the target path only
-ever holds a complete checkpoint.
+ever holds a complete checkpoint. An object store has no rename: there the manifest is
+uploaded last, and a checkpoint without one never loads.
 
 The modules, each importing only those listed before it:
 
@@ -17,10 +18,12 @@ The modules, each importing only those listed before it:
 * ``files``: fsync, sha256 and safetensors bytes, without pickle;
 * ``manifest``: the manifest's schema, format versions and validation (no torch);
 * ``train_state``: the train state and its encoding as tensors plus JSON metadata;
-* ``store``: save, read, verify and load checkpoints, and rebuild their models.
+* ``store``: save, read, verify and load checkpoints, and rebuild their models;
+* ``remote``: save a checkpoint at a local directory or an object-store URI (s3://, gs://).
 """
 
 from raysight.checkpoint.manifest import FORMAT_VERSION, Manifest, Preprocessing
+from raysight.checkpoint.remote import check_destination, manifest_sha256, publish_checkpoint
 from raysight.checkpoint.store import (
     MANIFEST_FILE,
     TRAIN_STATE_FILE,
@@ -28,7 +31,6 @@ from raysight.checkpoint.store import (
     LoadedCheckpoint,
     build_from_checkpoint,
     load_checkpoint,
-    manifest_sha256,
     read_manifest,
     save_checkpoint,
     verify_checkpoint,
@@ -45,8 +47,10 @@ __all__ = [
     "Preprocessing",
     "TrainState",
     "build_from_checkpoint",
+    "check_destination",
     "load_checkpoint",
     "manifest_sha256",
+    "publish_checkpoint",
     "read_manifest",
     "save_checkpoint",
     "verify_checkpoint",

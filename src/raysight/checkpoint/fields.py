@@ -6,6 +6,8 @@ is later used.
 """
 
 import json
+import math
+from collections.abc import Iterator
 from typing import Any
 
 from raysight.errors import CheckpointError
@@ -83,3 +85,32 @@ def as_sha256_hex(value: Any, field: str, source: str) -> str:
     ):
         raise CheckpointError(f"{source}: field {field!r} must be a lowercase hex sha256")
     return value
+
+
+def check_finite(data: dict[str, Any], source: str) -> None:
+    """Refuse NaN and infinities anywhere in `data`'s plain values, naming the field.
+
+    Standard JSON has no such numbers, yet Python's json reads the literals NaN, Infinity
+    and -Infinity (and 1e999, as infinity), so a parsed document may hold them. A reader of
+    the manifest must be able to trust each number it carries: normalisation, metrics,
+    model arguments, training config.
+    """
+    for field, value, in_list in _floats(data, ""):
+        if not math.isfinite(value):
+            # Spelled as the file spells it (NaN, Infinity), not as Python prints it.
+            spelled = json.dumps(value)
+            requirement = "must hold finite numbers" if in_list else "must be a finite number"
+            raise CheckpointError(f"{source}: field {field!r} {requirement}, got {spelled}")
+
+
+def _floats(value: Any, field: str, in_list: bool = False) -> Iterator[tuple[str, float, bool]]:
+    """Each float in `value` with the dotted name of the field holding it (a list's items
+    carry the list's name) and whether it is a list item."""
+    if isinstance(value, float):
+        yield field, value, in_list
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _floats(item, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _floats(item, field, in_list=True)

@@ -3,8 +3,8 @@
 ``manifest.json`` holds everything serving needs besides the weights: the model and its
 arguments, the input shape, the preprocessing, the class names and frequencies, the metrics,
 the training config and the sha256 of each tensor file. Reading it is strict: an unknown
-format version, a missing or unexpected field, a wrong type or fields that contradict each
-other are errors that name the field and the file.
+format version, a missing or unexpected field, a wrong type, a number that is not finite or
+fields that contradict each other are errors that name the field and the file.
 """
 
 import dataclasses
@@ -26,6 +26,7 @@ from raysight.checkpoint.fields import (
     as_string,
     as_strings,
     check_field_names,
+    check_finite,
     parse_json_object,
 )
 from raysight.errors import CheckpointError
@@ -178,9 +179,10 @@ class Manifest:
             The manifest.
 
         Raises:
-            CheckpointError: The document is not JSON, has an unknown format version, or a
-                field is missing, unexpected or of the wrong type. The message names the
-                field and ``source``.
+            CheckpointError: The document is not JSON, has an unknown format version, a
+                field is missing, unexpected or of the wrong type, a number is NaN or
+                infinite, or fields contradict each other. The message names the field
+                and ``source``.
         """
         data = parse_json_object(text, "manifest", source)
         version = _check_format_version(data, source)
@@ -204,12 +206,25 @@ class Manifest:
             raysight_version=as_string(data["raysight_version"], "raysight_version", source),
             created_at=_timestamp(data["created_at"], source),
         )
-        check_consistency(manifest, source)
+        check_manifest(manifest, source)
         return manifest
 
 
-def check_consistency(manifest: Manifest, source: str) -> None:
-    """Check the manifest's fields against each other, so serving can rely on them."""
+def check_manifest(manifest: Manifest, source: str) -> None:
+    """Check what the field readers cannot: that every number is finite and that the fields
+    agree with each other, so serving can rely on them.
+
+    Run on load and before a save, so that a manifest that would not load is never written.
+
+    Raises:
+        CheckpointError: naming the field and ``source``.
+    """
+    check_finite(dataclasses.asdict(manifest), source)
+    _check_consistency(manifest, source)
+
+
+def _check_consistency(manifest: Manifest, source: str) -> None:
+    """Check the manifest's fields against each other; every number is already finite."""
     channels, height, width = manifest.input_shape
     if min(manifest.input_shape) < 1:
         raise CheckpointError(f"{source}: field 'input_shape' must be positive")
@@ -218,7 +233,7 @@ def check_consistency(manifest: Manifest, source: str) -> None:
         raise CheckpointError(
             f"{source}: field 'preprocessing' needs one mean and one std per channel ({channels})"
         )
-    if not all(s > 0 and math.isfinite(s) for s in std):
+    if not all(s > 0 for s in std):
         raise CheckpointError(f"{source}: field 'preprocessing.std' must be positive")
     _check_class_frequencies(manifest, source)
     kwargs = manifest.model_kwargs
@@ -237,7 +252,7 @@ def check_consistency(manifest: Manifest, source: str) -> None:
 
 
 def _check_class_frequencies(manifest: Manifest, source: str) -> None:
-    """One finite, non-negative fraction per class, summing to 1 (or no frequencies at all)."""
+    """One non-negative fraction per class, summing to 1 (or no frequencies at all)."""
     frequencies = manifest.class_frequencies
     if frequencies is None:
         return
@@ -246,9 +261,9 @@ def _check_class_frequencies(manifest: Manifest, source: str) -> None:
             f"{source}: field 'class_frequencies' has {len(frequencies)} values "
             f"for {len(manifest.class_names)} classes"
         )
-    if not all(math.isfinite(f) and f >= 0 for f in frequencies):
+    if not all(f >= 0 for f in frequencies):
         raise CheckpointError(
-            f"{source}: field 'class_frequencies' must hold finite, non-negative fractions"
+            f"{source}: field 'class_frequencies' must hold non-negative fractions"
         )
     total = math.fsum(frequencies)
     if abs(total - 1.0) > _FREQUENCY_SUM_TOLERANCE:

@@ -28,8 +28,9 @@ from raysight.checkpoint.files import (
     sha256_file,
     to_device,
 )
-from raysight.checkpoint.manifest import Manifest, check_consistency
+from raysight.checkpoint.manifest import Manifest, check_manifest
 from raysight.checkpoint.train_state import TrainState, decode_train_state, encode_train_state
+from raysight.data.fs import is_uri
 from raysight.errors import CheckpointError, ConfigError
 from raysight.models import build_model
 
@@ -86,19 +87,26 @@ def save_checkpoint(
         The checkpoint directory.
 
     Raises:
-        CheckpointError: The manifest is inconsistent or not serialisable, the weights do
-            not fit the model it names, the train state holds an unsupported value, or
-            ``directory`` exists and is not a checkpoint.
+        CheckpointError: The manifest holds a number that is not finite (a NaN metric of a
+            diverged run), is inconsistent or not serialisable, the weights do not fit the
+            model it names, the train state holds an unsupported value, or ``directory``
+            exists and is not a checkpoint or is a URI.
     """
+    if isinstance(directory, str) and is_uri(directory):
+        # Path() would read "s3://bucket/x" as the local folders "s3:/bucket/x".
+        raise CheckpointError(
+            f"{directory}: save_checkpoint writes local directories; "
+            "publish_checkpoint writes to object stores"
+        )
     target = Path(directory)
     source = str(target)
     # Everything that can be checked is checked before touching the disk.
-    check_consistency(manifest, source)
+    check_manifest(manifest, source)
     manifest.to_json()
     weights = {name: cpu_contiguous(tensor) for name, tensor in state_dict.items()}
     _rebuild(manifest, weights, source)
     encoded_train_state = None if train_state is None else encode_train_state(train_state)
-    _check_replaceable(target)
+    check_replaceable(target)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # mkdir rather than tempfile.mkdtemp, whose mode 0o700 would outlive the rename and hide
@@ -162,11 +170,6 @@ def check_pin(manifest: bytes, expected_sha256: str, source: str) -> None:
             f"{source}: sha256 is {found}, not the pinned {expected_sha256.lower()}; "
             "the checkpoint at this path is not the one the configuration names"
         )
-
-
-def manifest_sha256(directory: str | Path) -> str:
-    """The sha256 of a checkpoint's manifest file: the digest that pins the checkpoint."""
-    return sha256_file(Path(directory) / MANIFEST_FILE)
 
 
 def verify_checkpoint(directory: str | Path, *, expected_sha256: str = "") -> Manifest:
@@ -301,8 +304,12 @@ def _write_files(
     fsync(staging)
 
 
-def _check_replaceable(target: Path) -> None:
-    """Refuse to replace anything at ``target`` that is not a checkpoint or empty directory."""
+def check_replaceable(target: Path) -> None:
+    """Refuse to replace anything at ``target`` that is not a checkpoint or empty directory.
+
+    Raises:
+        CheckpointError: naming ``target`` and what is there.
+    """
     if not target.exists() and not target.is_symlink():
         return
     if not target.is_dir() or target.is_symlink():

@@ -21,7 +21,8 @@ _SCHEME_SEP = "://"
 _SEARCH_LIMIT = 64
 
 
-def _is_uri(path: str) -> bool:
+def is_uri(path: str) -> bool:
+    """Whether `path` names a location through a scheme (s3://, gs://, file://)."""
     return _SCHEME_SEP in path
 
 
@@ -37,7 +38,7 @@ def resolve(uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
     Raises:
         DataError: If the URI names a scheme pyarrow cannot open.
     """
-    if not _is_uri(uri):
+    if not is_uri(uri):
         return pyarrow.fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
     try:
         return pyarrow.fs.FileSystem.from_uri(uri)
@@ -79,7 +80,7 @@ def join(base: str, *parts: str) -> str:
     Returns:
         The joined URI or path.
     """
-    if not _is_uri(base):
+    if not is_uri(base):
         return os.path.join(base, *parts)
     stripped = [part.strip("/") for part in parts if part.strip("/")]
     return "/".join([base.rstrip("/"), *stripped])

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(RaysightError):
-    """The loss stopped being a finite number; retrying from a checkpoint would not help."""
+    """A loss stopped being a finite number; retrying from a checkpoint would not help."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +138,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         val_sums = stepper.evaluate(model, val_feed.epoch(epoch))
         stats = _global_stats(epoch + 1, train_sums, val_sums, device)
-        if not math.isfinite(stats.train_loss):
-            # Every rank sees the same reduced loss, so all stop together.
-            raise TrainingDivergedError(
-                f"training loss became {stats.train_loss} in epoch {stats.epoch}; "
-                f"lower lr (now {cfg.lr}) or raise warmup_fraction"
-            )
+        check_losses_finite(stats, cfg.lr)
         best = max(best, stats.val_accuracy)
         if rank != 0:
             elapsed = time.perf_counter() - epoch_start
@@ -166,6 +161,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         log_epoch(stats, times, cfg.epochs, elapsed / (epoch + 1 - start_epoch))
     if metrics is not None:
         metrics.close()
+
+
+def check_losses_finite(stats: EpochStats, lr: float) -> None:
+    """Stop a run whose training or validation loss is NaN or infinite.
+
+    Its weights have diverged, and a checkpoint could not record the loss: manifests hold
+    finite numbers only. Every rank sees the same reduced losses, so all stop together.
+
+    Raises:
+        TrainingDivergedError: naming the loss, the epoch and what to change.
+    """
+    for split, loss in (("training", stats.train_loss), ("validation", stats.val_loss)):
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"{split} loss became {loss} in epoch {stats.epoch}; "
+                f"lower lr (now {lr}) or raise warmup_fraction"
+            )
 
 
 def _feeds(plan: WorkerPlan, rank: int, world: int, batch: int, seed: int) -> tuple[Feed, Feed]:

@@ -22,13 +22,19 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchTrainer
 
-from raysight.checkpoint import Manifest, Preprocessing, load_checkpoint, save_checkpoint
+from raysight.checkpoint import (
+    Manifest,
+    Preprocessing,
+    check_destination,
+    load_checkpoint,
+    publish_checkpoint,
+)
 from raysight.config import TrainConfig
 from raysight.data import NATURAL_IMAGES, ArrayDataset, class_frequencies, load_arrays
 from raysight.data import imagefolder as imagefolder_data
 from raysight.data.transforms import channel_stats
 from raysight.engine import Engine
-from raysight.errors import ConfigError, DataError, RaysightError
+from raysight.errors import CheckpointError, ConfigError, DataError, RaysightError
 from raysight.evaluate import Evaluation, dataset_batches, evaluate
 from raysight.models import build_model, resolve_kwargs
 from raysight.train.loop import WorkerPlan, train_loop_per_worker
@@ -52,7 +58,7 @@ _POLL_ENV, _POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 class TrainOutcome:
     """What a finished run left behind."""
 
-    checkpoint: Path  # the best checkpoint, with test metrics in its manifest
+    checkpoint: str  # the best checkpoint, with test metrics: a local directory or a URI
     manifest: Manifest
     test: Evaluation
     last_report: dict[str, Any]  # rank 0's final report (resumed_from_epoch > 0 after a restart)
@@ -86,11 +92,13 @@ class PreparedRun:
 
 def prepare(cfg: TrainConfig) -> PreparedRun:
     """Check and resolve a run on the driver, before any Ray cluster is started or joined:
-    the data's layout, the image size, and whether the model takes that input.
+    where the checkpoint goes, the data's layout, the image size, and whether the model
+    takes that input.
 
     Raises:
         ConfigError, DataError: naming what is wrong and the fix.
     """
+    _check_output(cfg.output)
     data = prepare_data(cfg)
     model_kwargs = resolve_kwargs(
         cfg.model,
@@ -207,8 +215,16 @@ def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome
         loaded.manifest,
         metrics={**loaded.manifest.metrics, "test_accuracy": test.accuracy, "test_loss": test.loss},
     )
-    path = save_checkpoint(cfg.output, state_dict=loaded.state_dict, manifest=final)
-    return TrainOutcome(path, final, test, dict(result.metrics or {}), str(result.path))
+    location = publish_checkpoint(cfg.output, state_dict=loaded.state_dict, manifest=final)
+    return TrainOutcome(location, final, test, dict(result.metrics or {}), str(result.path))
+
+
+def _check_output(output: str) -> None:
+    """Refuse an output the final checkpoint cannot be written to now, not after training."""
+    try:
+        check_destination(output)
+    except CheckpointError as exc:
+        raise ConfigError(f"output: {exc}") from exc
 
 
 def prepare_data(cfg: TrainConfig) -> PreparedData:
