@@ -169,10 +169,14 @@ def test_a_checkpoint_published_to_s3_is_served_from_there(
     body = boto3.client("s3").get_object(Bucket=bucket, Key=f"runs/published/{MANIFEST_FILE}")
     assert pin == hashlib.sha256(body["Body"].read()).hexdigest()
     from raysight.serve.model import load_served_model
+    from raysight.serve.settings import CheckpointTrust
 
-    assert load_served_model(uri, "", "cpu", pin).engine.manifest == loaded.manifest
+    assert (
+        load_served_model(uri, "", "cpu", CheckpointTrust(sha256=pin)).engine.manifest
+        == loaded.manifest
+    )
     with pytest.raises(CheckpointError, match="not the pinned"):
-        load_served_model(uri, "", "cpu", "0" * 64)
+        load_served_model(uri, "", "cpu", CheckpointTrust(sha256="0" * 64))
 
 
 def test_publishing_replaces_a_checkpoint_and_its_stray_files(bucket: str, tmp_path: Path) -> None:

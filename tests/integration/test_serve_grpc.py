@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -20,12 +21,14 @@ from tritonclient.utils import InferenceServerException
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight._proto.raysight.v1 import image_service_pb2_grpc as image_grpc
 from raysight.checkpoint import manifest_sha256
+from raysight.checkpoint.signing import sign_checkpoint
 from raysight.data import load_arrays
 from raysight.engine import Engine
 from raysight.serve import runner
 from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, ServeSettings
 from tests.conftest import RayCluster, free_port, scrape_metrics
 from tests.integration.serving import digits_checkpoint, png, stop_serve
+from tests.keys import key_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,11 +48,22 @@ class Served:
         self.engine = Engine.from_directory(checkpoints[0])
         self.version = self.engine.manifest.weights_sha256[:12]
 
-    def swap(self, checkpoint: Path, pin: str = "", **deployment: int) -> None:
-        """Apply a checkpoint, pinned or not (and deployment options) through the Serve
-        config, as a RayService update does."""
+    def swap(
+        self,
+        checkpoint: Path,
+        pin: str = "",
+        trust: dict[str, Any] | None = None,
+        **deployment: int,
+    ) -> None:
+        """Apply a checkpoint, pinned or not, trusting signers or not (and deployment
+        options) through the Serve config, as a RayService update does."""
         settings = ServeSettings.from_dict(
-            {**self.settings.to_dict(), "checkpoint": str(checkpoint), "checkpoint_sha256": pin}
+            {
+                **self.settings.to_dict(),
+                "checkpoint": str(checkpoint),
+                "checkpoint_sha256": pin,
+                **(trust or {}),
+            }
         )
         config = runner.serve_config(
             settings, grpc_port=self.port, http_port=self.http_port, **deployment
@@ -383,6 +397,24 @@ def test_a_pin_reloads_a_rewritten_path_and_refuses_other_bytes(
     assert client.get_model_metadata(MODEL).versions == [new]
     _infer_named(client, MODEL)
     served.swap(first)
+    _wait_for_version(client, served.version)
+
+
+def test_a_required_signature_refuses_unsigned_checkpoints(served: Served, tmp_path: Path) -> None:
+    client = served.triton()
+    keys = key_pair(tmp_path)
+    second = served.checkpoints[1]
+    new = Engine.from_directory(second).manifest.weights_sha256[:12]
+    unsigned = shutil.copytree(second, tmp_path / "unsigned")
+    signed = shutil.copytree(second, tmp_path / "signed")
+    sign_checkpoint(signed, keys.private)
+    trust = {"signature_trust": str(keys.public), "require_signature": True}
+    served.swap(unsigned, trust=trust)
+    time.sleep(2.0)
+    assert client.get_model_metadata(MODEL).versions == [served.version]  # refused: kept
+    served.swap(signed, trust=trust)
+    _wait_for_version(client, new)
+    served.swap(served.checkpoints[0])
     _wait_for_version(client, served.version)
 
 

@@ -121,6 +121,7 @@ def test_a_port_mismatch_fails_the_port_check(
         ({"serve": {"settings": {"max_batch_size": 1.5}}}, "/serve/settings/max_batch_size"),
         ({"serve": {"settings": {"max_batch": 8}}}, "'max_batch' not allowed"),
         ({"serve": {"ingress": "nginx"}}, "/serve/ingress"),
+        ({"serve": {"settings": {"require_signature": True}}}, "/serve/settings/signature_trust"),
         ({"serve": {"head": {"rayStartParams": {"num-cpus": 0}}}}, "num-cpus"),
         ({"serve": {"worker": {"resources": {"limits": {"cpu": "lots"}}}}}, "limits/cpu"),
         ({"train": {"config": {"gpu": True}}}, "'gpu' not allowed"),

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import raysight
-from raysight import cli
+from raysight import cli, cli_serve
 from raysight.config import TrainConfig
 from raysight.errors import ConfigError
 from raysight.serve.settings import ServeSettings
@@ -25,7 +25,7 @@ def _config(argv: list[str]) -> TrainConfig:
 
 def _settings(argv: list[str]) -> ServeSettings:
     args = cli._parser().parse_args(["serve", *argv])
-    return cli._settings_from_args(args)
+    return cli_serve._settings_from_args(args)
 
 
 def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:

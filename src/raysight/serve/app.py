@@ -89,7 +89,7 @@ class InferenceServer:
                     settings.checkpoint,
                     settings.model_name,
                     device,
-                    settings.checkpoint_sha256,
+                    settings.trust,
                 )
             except Exception:
                 self._metrics.checkpoint_failures.inc(tags={"model": old.name if old else ""})
@@ -362,15 +362,11 @@ class InferenceServer:
             self._stats.record_request(status is OK, time.perf_counter() - started)
 
 
-def _model_key(settings: ServeSettings) -> tuple[str, ...]:
-    """The settings that need the model reloaded when they change: a new pin reloads the
-    same path, so a checkpoint rewritten in place is picked up when the pin says so."""
-    return (
-        settings.checkpoint,
-        settings.checkpoint_sha256.lower(),
-        settings.model_name,
-        settings.device,
-    )
+def _model_key(settings: ServeSettings) -> tuple[object, ...]:
+    """The settings that need the model reloaded when they change: a new pin or signer
+    reloads the same path, so a checkpoint rewritten in place is picked up when the pin
+    says so, and one served before a signature was required is checked again."""
+    return settings.checkpoint, settings.trust, settings.model_name, settings.device
 
 
 def _tags(model: ServedModel) -> dict[str, str]:

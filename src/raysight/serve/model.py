@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import numpy as np
 import pyarrow.fs
 
 from raysight.checkpoint import load_checkpoint
+from raysight.checkpoint.signing import SIGNATURE_FILE, verify_signature
 from raysight.cluster import staging_dir
 from raysight.data.fs import resolve
 from raysight.engine import Engine
 from raysight.errors import CheckpointError
+from raysight.serve.settings import CheckpointTrust
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +57,36 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+NO_TRUST_CHECKS = CheckpointTrust()
+"""No pin, no signature: the checkpoint's own hashes only."""
+
+
 def load_served_model(
-    checkpoint: str, name: str, device: str, expected_sha256: str = ""
+    checkpoint: str, name: str, device: str, trust: CheckpointTrust = NO_TRUST_CHECKS
 ) -> ServedModel:
     """Load and verify `checkpoint` (a directory or an s3:// / gs:// URI).
 
-    Args:
-        expected_sha256: The sha256 its manifest must have (the serving config's pin), or
-            empty.
+    A checkpoint whose signature is checked is first copied to a private directory and
+    checked and loaded from there, so the files that load are the files that verified.
 
     Raises:
-        CheckpointError: missing, corrupted, truncated, of an unknown format, or not the
-            pinned checkpoint.
+        CheckpointError: missing, corrupted, truncated, of an unknown format, not the
+            pinned checkpoint, or not signed as `trust` requires.
     """
     if "://" in checkpoint:
-        engine = _load_remote(checkpoint, device, expected_sha256)
+        engine = _load_remote(checkpoint, device, trust)
+    elif trust.signer:
+        with staging_dir("raysight-ckpt-") as tmp:
+            local = Path(tmp) / "checkpoint"
+            try:
+                shutil.copytree(checkpoint, local)
+            except FileNotFoundError:
+                raise CheckpointError(f"{checkpoint}: checkpoint directory not found") from None
+            except OSError as exc:
+                raise CheckpointError(f"cannot copy checkpoint {checkpoint}: {exc}") from exc
+            engine = _load_checked(local, device, trust)
     else:
-        engine = Engine(load_checkpoint(checkpoint, expected_sha256=expected_sha256), device)
+        engine = Engine(load_checkpoint(checkpoint, expected_sha256=trust.sha256), device)
     manifest = engine.manifest
     served = ServedModel(
         engine=engine,
@@ -88,8 +104,18 @@ def load_served_model(
     return served
 
 
-def _load_remote(uri: str, device: str, expected_sha256: str) -> Engine:
-    """Copy an object-store checkpoint to local disk, then load it (hashes are checked there)."""
+def _load_checked(local: Path, device: str, trust: CheckpointTrust) -> Engine:
+    """Check the signature of a private copy as `trust` says, then load it."""
+    if trust.signer:
+        if (local / SIGNATURE_FILE).is_file() or trust.require_signature:
+            verify_signature(local, trust.signer)
+        else:
+            logger.warning("checkpoint is unsigned; serving it (require_signature is off)")
+    return Engine(load_checkpoint(local, expected_sha256=trust.sha256), device)
+
+
+def _load_remote(uri: str, device: str, trust: CheckpointTrust) -> Engine:
+    """Copy an object-store checkpoint to local disk, then check and load it there."""
     try:
         filesystem, path = resolve(uri)
     except Exception as exc:  # a malformed URI or missing credentials
@@ -108,4 +134,4 @@ def _load_remote(uri: str, device: str, expected_sha256: str) -> Engine:
             raise CheckpointError(f"cannot copy checkpoint {uri}: {exc}") from exc
         if not any(local.iterdir()):
             raise CheckpointError(f"checkpoint {uri}: no such checkpoint (nothing at that URI)")
-        return Engine(load_checkpoint(local, expected_sha256=expected_sha256), device)
+        return _load_checked(local, device, trust)

@@ -29,6 +29,23 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
+class CheckpointTrust:
+    """What a checkpoint must prove before it is served, beyond its own hashes.
+
+    Attributes:
+        sha256: The sha256 its manifest must have (a pin), or empty.
+        signer: A PEM public key or CA certificate(s) its signature must verify against,
+            or empty: signatures are not checked.
+        require_signature: Refuse an unsigned checkpoint (with `signer`); without it an
+            unsigned one is served with a warning, a wrongly signed one never.
+    """
+
+    sha256: str = ""
+    signer: str = ""
+    require_signature: bool = False
+
+
+@dataclass(frozen=True)
 class ServeSettings:
     """What a replica serves and how it batches."""
 
@@ -45,6 +62,18 @@ class ServeSettings:
             "checkpoint: the manifest lists the sha256 of every other file, so a replica "
             "refuses any other bytes at that path. Changing it reloads the checkpoint."
         ),
+    )
+    signature_trust: str = field(
+        default="",
+        metadata=doc(
+            "A PEM public key, or PEM CA certificate(s), that checkpoint signatures (raysight "
+            "sign) must verify against; a wrongly signed checkpoint is refused. Empty: "
+            "signatures are not checked. A path every replica can read."
+        ),
+    )
+    require_signature: bool = field(
+        default=False,
+        metadata=doc("Refuse unsigned checkpoints too (needs signature_trust)."),
     )
     model_name: str = field(
         default="",
@@ -101,6 +130,11 @@ class ServeSettings:
             raise ConfigError(
                 f"checkpoint_sha256 must be 64 hex digits, got {self.checkpoint_sha256!r}"
             )
+        if self.require_signature and not self.signature_trust:
+            raise ConfigError(
+                "require_signature needs signature_trust: the public key or CA certificate "
+                "signatures must verify against"
+            )
         positive = ("max_batch_size", "max_concurrent_batches", "top_k", "max_image_bytes")
         for name in (*positive, "max_image_pixels"):
             if getattr(self, name) <= 0:
@@ -123,6 +157,15 @@ class ServeSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def trust(self) -> CheckpointTrust:
+        """What a checkpoint must prove before it is served."""
+        return CheckpointTrust(
+            sha256=self.checkpoint_sha256.lower(),
+            signer=self.signature_trust,
+            require_signature=self.require_signature,
+        )
 
     @property
     def batch_limits(self) -> BatchLimits:
