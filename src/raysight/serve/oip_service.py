@@ -15,6 +15,7 @@ from raysight import __version__
 from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.inference import model_config_pb2 as mc
 from raysight.codec import oip
+from raysight.codec.datatypes import DATATYPES
 from raysight.serve.errors import Status
 from raysight.serve.model import INPUT_NAME, OUTPUTS, ServedModel
 from raysight.serve.offload import INLINE_BYTES, INLINE_PIXEL_BYTES
@@ -103,7 +104,7 @@ def is_heavy(request: pb.ModelInferRequest) -> bool:
         if raw:
             size = len(raw[i]) if i < len(raw) else 0
         else:
-            dtype = oip.DATATYPES.get(tensor.datatype)
+            dtype = DATATYPES.get(tensor.datatype)
             size = math.prod(max(0, d) for d in tensor.shape) * (dtype.itemsize if dtype else 0)
             typed += size
         if tensor.datatype == "UINT8":
