@@ -13,8 +13,8 @@ from tritonclient.grpc import _utils as triton_utils
 from tritonclient.grpc import service_pb2 as triton
 
 from raysight._proto.inference import grpc_service_pb2 as pb
+from raysight.codec.datatypes import DATATYPES
 from raysight.codec.oip import (
-    DATATYPES,
     InputSpec,
     decode_inputs,
     decode_outputs,

@@ -52,11 +52,30 @@ def test_generated_config_matches_the_file_layout() -> None:
         ({"checkpoint": "/c", "max_batch_size": 0}, "max_batch_size"),
         ({"checkpoint": "/c", "device": "tpu"}, "device"),
         ({"checkpoint": "/c", "batch_size": 4}, "unknown field.*batch_size"),
+        ({"checkpoint": "/c", "outputs": "scores"}, "outputs: 'scores' is not an output"),
+        ({"checkpoint": "/c", "outputs": "logits,prob"}, "'prob' is not an output"),
+        ({"checkpoint": "/c", "outputs": ""}, "outputs must name at least one"),
+        ({"checkpoint": "/c", "outputs": " , "}, "outputs must name at least one"),
+        ({"checkpoint": "/c", "outputs": "logits,logits"}, "names an output twice"),
+        ({"checkpoint": "/c", "outputs": ["logits"]}, "outputs must be str"),
+        ({"checkpoint": "/c", "input_datatype": "FP16"}, "input_datatype must be one of"),
     ],
 )
 def test_bad_settings_name_the_field(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ServeSettings.from_dict(values)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "served"),
+    [
+        ("logits,probabilities", ("logits", "probabilities")),
+        ("probabilities", ("probabilities",)),
+        (" probabilities , logits ", ("probabilities", "logits")),
+    ],
+)
+def test_served_outputs(outputs: str, served: tuple[str, ...]) -> None:
+    assert ServeSettings(checkpoint="/c", outputs=outputs).served_outputs == served
 
 
 @pytest.mark.parametrize(

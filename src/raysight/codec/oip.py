@@ -16,11 +16,17 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from raysight.codec.bytes_tensor import decode_bytes_tensor, encode_bytes_tensor
+from raysight.codec.datatypes import (
+    CONTENTS_DTYPES,
+    CONTENTS_FIELDS,
+    from_numpy_dtype,
+    to_numpy_dtype,
+)
 from raysight.errors import InputError
 
 if TYPE_CHECKING:
@@ -34,86 +40,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The one datatype table: OIP datatype -> (little-endian numpy dtype, the InferTensorContents
-# field that carries its typed values). FP16 has no typed field, so it travels raw only.
-# BYTES (variable-length strings) is not a numeric tensor and is refused here.
-_TABLE: Mapping[str, tuple[str, str | None]] = {
-    "BOOL": ("|b1", "bool_contents"),
-    "UINT8": ("|u1", "uint_contents"),
-    "UINT16": ("<u2", "uint_contents"),
-    "UINT32": ("<u4", "uint_contents"),
-    "UINT64": ("<u8", "uint64_contents"),
-    "INT8": ("|i1", "int_contents"),
-    "INT16": ("<i2", "int_contents"),
-    "INT32": ("<i4", "int_contents"),
-    "INT64": ("<i8", "int64_contents"),
-    "FP16": ("<f2", None),
-    "FP32": ("<f4", "fp32_contents"),
-    "FP64": ("<f8", "fp64_contents"),
-}
-
-DATATYPES: Mapping[str, np.dtype[Any]] = MappingProxyType(
-    {name: np.dtype(code) for name, (code, _) in _TABLE.items()}
-)
-_CONTENTS: Mapping[str, str | None] = {name: field for name, (_, field) in _TABLE.items()}
-# (kind, itemsize) -> datatype: matches a dtype whatever its byte order.
-_BY_KIND: Mapping[tuple[str, int], str] = {
-    (dtype.kind, dtype.itemsize): name for name, dtype in DATATYPES.items()
-}
-# The protobuf type of each InferTensorContents field. Small integer types travel widened
-# (UINT8 in uint32 values), so decoding checks that every value fits the datatype.
-_CONTENTS_DTYPE: Mapping[str, np.dtype[Any]] = {
-    "bool_contents": np.dtype("|b1"),
-    "int_contents": np.dtype("<i4"),
-    "int64_contents": np.dtype("<i8"),
-    "uint_contents": np.dtype("<u4"),
-    "uint64_contents": np.dtype("<u8"),
-    "fp32_contents": np.dtype("<f4"),
-    "fp64_contents": np.dtype("<f8"),
-}
-_ALL_CONTENTS = (*_CONTENTS_DTYPE, "bytes_contents")
-
-
-def to_numpy_dtype(datatype: str, field: str) -> np.dtype[Any]:
-    """The numpy dtype of an OIP datatype.
-
-    Args:
-        datatype: An OIP datatype string, e.g. "FP32".
-        field: The tensor the datatype belongs to, for messages, e.g. 'inputs[0] "images"'.
-
-    Returns:
-        The little-endian numpy dtype.
-
-    Raises:
-        InputError: If the datatype is unknown or not numeric (BYTES).
-    """
-    dtype = DATATYPES.get(datatype)
-    if dtype is None:
-        raise InputError(
-            f'{field}: datatype "{datatype}" is not supported; use one of {", ".join(DATATYPES)}'
-        )
-    return dtype
-
-
-def from_numpy_dtype(dtype: np.dtype[Any]) -> str:
-    """The OIP datatype of a numpy dtype, whatever its byte order.
-
-    Args:
-        dtype: A boolean, integer or floating point dtype.
-
-    Returns:
-        The OIP datatype string, e.g. "FP32".
-
-    Raises:
-        ValueError: If no OIP datatype matches (complex, string, object and other dtypes).
-    """
-    dtype = np.dtype(dtype)
-    name = _BY_KIND.get((dtype.kind, dtype.itemsize))
-    if name is None:
-        raise ValueError(
-            f"numpy dtype {dtype} has no OIP datatype; use one of {', '.join(DATATYPES)}"
-        )
-    return name
+_ALL_CONTENTS = (*CONTENTS_DTYPES, "bytes_contents")
+BYTES = "BYTES"
+"""Variable-length strings: an output datatype only (classification results), no input."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +190,7 @@ def _from_contents(
     raw_field: str,
 ) -> np.ndarray:
     datatype = tensor.datatype
-    field = _CONTENTS[datatype]
+    field = CONTENTS_FIELDS[datatype]
     if field is None:
         raise InputError(f"{where}: {datatype} has no typed contents field; send it in {raw_field}")
     if not tensor.HasField("contents"):
@@ -278,7 +207,7 @@ def _from_contents(
             f"{where}: shape {list(shape)} needs {count} values in contents.{field}, "
             f"got {len(values)}"
         )
-    wide = np.fromiter(values, dtype=_CONTENTS_DTYPE[field], count=count)
+    wide = np.fromiter(values, dtype=CONTENTS_DTYPES[field], count=count)
     _check_range(where, datatype, dtype, wide)
     return wide.astype(dtype.newbyteorder("=")).reshape(shape)
 
@@ -289,16 +218,37 @@ def _decode_tensors(
     raw: Sequence[bytes | None],
     kind: str,
     raw_field: str,
+    *,
+    strings: bool = False,
 ) -> dict[str, np.ndarray]:
+    # strings: BYTES tensors are read too, as object arrays of bytes (outputs only).
     arrays = {}
     for i, (tensor, shape, data) in enumerate(zip(tensors, shapes, raw, strict=True)):
         where = _where(kind, i, tensor.name)
+        if strings and tensor.datatype == BYTES:
+            arrays[tensor.name] = _strings(where, tensor, shape, data)
+            continue
         dtype = to_numpy_dtype(tensor.datatype, where)
         if data is None:
             arrays[tensor.name] = _from_contents(where, tensor, dtype, shape, raw_field)
         else:
             arrays[tensor.name] = _from_raw(where, tensor.datatype, dtype, shape, data)
     return arrays
+
+
+def _strings(where: str, tensor: _Tensor, shape: tuple[int, ...], raw: bytes | None) -> np.ndarray:
+    # A BYTES tensor from raw contents or from contents.bytes_contents: (shape) of bytes.
+    if raw is not None:
+        return decode_bytes_tensor(raw, shape, where)
+    values = list(tensor.contents.bytes_contents)
+    if len(values) != math.prod(shape):
+        raise InputError(
+            f"{where}: shape {list(shape)} needs {math.prod(shape)} values in "
+            f"contents.bytes_contents, got {len(values)}"
+        )
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array.reshape(shape)
 
 
 def decode_inputs(
@@ -351,7 +301,8 @@ def decode_outputs(response: ModelInferResponse) -> dict[str, np.ndarray]:
         response: The response; raw_output_contents or typed contents, not both.
 
     Returns:
-        Arrays by output name, in response order, in native byte order.
+        Arrays by output name, in response order, in native byte order; a BYTES tensor is an
+        object array of `bytes`.
 
     Raises:
         InputError: If the response is malformed, as for `decode_inputs` (no batch checks).
@@ -359,12 +310,19 @@ def decode_outputs(response: ModelInferResponse) -> dict[str, np.ndarray]:
     tensors = response.outputs
     raw = _raw_per_tensor(tensors, response.raw_output_contents, "outputs", "raw_output_contents")
     shapes = _check_headers(tensors, "outputs")
-    return _decode_tensors(tensors, shapes, raw, "outputs", "raw_output_contents")
+    return _decode_tensors(tensors, shapes, raw, "outputs", "raw_output_contents", strings=True)
 
 
 def _to_bytes(array: np.ndarray) -> bytes:
     # Little-endian, row-major, whatever the host and the array's memory layout.
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
+
+
+def _to_raw(array: np.ndarray) -> tuple[str, bytes]:
+    # An output's datatype and raw contents; an object array of bytes is a BYTES tensor.
+    if array.dtype == object:
+        return BYTES, encode_bytes_tensor(array)
+    return from_numpy_dtype(array.dtype), _to_bytes(array)
 
 
 def encode_outputs(
@@ -380,7 +338,8 @@ def encode_outputs(
 
     Args:
         response: The response to fill.
-        outputs: Every output the model produced, by name.
+        outputs: Every output the model produced, by name; an object array of `bytes` is
+            a BYTES tensor.
         requested: The names the request asked for, in the order to return them; None or
             empty means every output, in the order of `outputs`.
 
@@ -396,14 +355,15 @@ def encode_outputs(
             )
     for name in names:
         array = np.asarray(outputs[name])
-        response.outputs.add(name=name, datatype=from_numpy_dtype(array.dtype), shape=array.shape)
-        response.raw_output_contents.append(_to_bytes(array))
+        datatype, raw = _to_raw(array)
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        response.raw_output_contents.append(raw)
 
 
 def _set_contents(
     contents: InferTensorContents, where: str, datatype: str, array: np.ndarray
 ) -> None:
-    field = _CONTENTS[datatype]
+    field = CONTENTS_FIELDS[datatype]
     if field is None:
         raise InputError(f"{where}: {datatype} has no typed contents field; encode it raw")
     contents.SetInParent()  # present even when the tensor has no elements

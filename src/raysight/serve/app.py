@@ -180,7 +180,8 @@ class InferenceServer:
         self, request: pb.ModelMetadataRequest, grpc_context: Any = None
     ) -> pb.ModelMetadataResponse:
         with self._rpc("ModelMetadata", grpc_context):
-            return oip_service.model_metadata(self._resolve(request.name, request.version))
+            model = self._resolve(request.name, request.version)
+            return oip_service.model_metadata(model, self._current_settings())
         return pb.ModelMetadataResponse()
 
     async def ModelConfig(  # noqa: N802
@@ -228,10 +229,11 @@ class InferenceServer:
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         model = self._resolve(request.model_name, request.model_version)
         settings = self._current_settings()
+        wanted = oip_service.requested_outputs(request, model, settings)  # before the pass
         heavy = oip_service.is_heavy(request)
         inputs = await self._offload.run(heavy, oip_service.model_inputs, request, model, settings)
         outputs = await self._batcher.submit(model, inputs)
-        response = oip_service.infer_response(request, model, outputs)
+        response = oip_service.infer_response(request, model, wanted, outputs)
         self._metrics.images.inc(len(inputs), tags={**_tags(model), "method": "ModelInfer"})
         return response
 

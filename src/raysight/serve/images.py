@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
+from raysight.codec.classification import top_classes
 from raysight.codec.image import decode_image
 from raysight.errors import InputError
 from raysight.serve.errors import Status
@@ -48,7 +49,8 @@ def classify_response(
 ) -> image_pb.ClassifyResponse:
     """The top-k labels of one image, best first, from its (K,) probabilities."""
     k = min(request.top_k or settings.top_k, model.num_classes)
-    best = np.argsort(-probabilities, kind="stable")[:k]  # (k,) class indices
+    # The same ranking as Triton's classification extension: ties keep the lower index first.
+    best = top_classes(probabilities[None], k)[0]  # (k,) class indices
     return image_pb.ClassifyResponse(
         predictions=[
             image_pb.Prediction(

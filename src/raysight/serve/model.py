@@ -22,8 +22,6 @@ logger = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 """The one OIP input: [-1, C, H, W], FP32 already normalised or UINT8 raw pixels."""
-OUTPUTS = ("logits", "probabilities")
-"""OIP outputs, each [-1, K] FP32."""
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,26 @@ import numpy as np
 from raysight import __version__
 from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.inference import model_config_pb2 as mc
-from raysight.codec import oip
+from raysight.codec import classification, oip
+from raysight.codec.datatypes import DATATYPES
+from raysight.errors import InputError
 from raysight.serve.errors import Status
-from raysight.serve.model import INPUT_NAME, OUTPUTS, ServedModel
+from raysight.serve.model import INPUT_NAME, ServedModel
 from raysight.serve.offload import INLINE_BYTES, INLINE_PIXEL_BYTES
 from raysight.serve.settings import ServeSettings
 
-# The forms the one input may take, and what each means.
+# The forms the one input may take, and what each means. Both are always accepted; the
+# `input_datatype` setting only chooses which one metadata advertises.
 _INPUT_DATATYPES = {"FP32": "normalised", "UINT8": "pixels"}
+_CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "UINT8": mc.TYPE_UINT8}
 
-EXTENSIONS = ("model_configuration", "statistics", "model_repository")
+# Triton's protocol extensions this server implements. Not model_repository: it means index,
+# load and unload, and a replica serves the one checkpoint of its settings (RepositoryIndex
+# alone is answered).
+EXTENSIONS = ("classification", "model_configuration", "statistics")
+
+LABEL_FILENAME = "labels.txt"
+"""The name ModelConfig gives the outputs' label file (the checkpoint's class names)."""
 
 
 def server_metadata() -> pb.ServerMetadataResponse:
@@ -32,22 +42,22 @@ def server_metadata() -> pb.ServerMetadataResponse:
     )
 
 
-def model_metadata(model: ServedModel) -> pb.ModelMetadataResponse:
-    """The model's tensors, with the batch dimension as -1."""
+def model_metadata(model: ServedModel, settings: ServeSettings) -> pb.ModelMetadataResponse:
+    """The model's tensors as the settings serve them, with the batch dimension as -1."""
     return pb.ModelMetadataResponse(
         name=model.name,
         versions=[model.version],
         platform="pytorch",
         inputs=[
             pb.ModelMetadataResponse.TensorMetadata(
-                name=INPUT_NAME, datatype="FP32", shape=[-1, *model.input_shape]
+                name=INPUT_NAME, datatype=settings.input_datatype, shape=[-1, *model.input_shape]
             )
         ],
         outputs=[
             pb.ModelMetadataResponse.TensorMetadata(
                 name=name, datatype="FP32", shape=[-1, model.num_classes]
             )
-            for name in OUTPUTS
+            for name in settings.served_outputs
         ],
     )
 
@@ -64,11 +74,24 @@ def model_config(model: ServedModel, settings: ServeSettings) -> pb.ModelConfigR
             max_batch_size=settings.max_batch_size,
             # With max_batch_size > 0, dims leave out the batch dimension.
             input=[
-                mc.ModelInput(name=INPUT_NAME, data_type=mc.TYPE_FP32, dims=list(model.input_shape))
+                mc.ModelInput(
+                    name=INPUT_NAME,
+                    data_type=_CONFIG_TYPES[settings.input_datatype],
+                    format=mc.ModelInput.FORMAT_NCHW,
+                    dims=list(model.input_shape),
+                )
             ],
+            # label_filename tells clients the output has class labels, as Triton's config
+            # does; the file is not served over gRPC (Triton's clients only read the name):
+            # the labels come back in classification results.
             output=[
-                mc.ModelOutput(name=name, data_type=mc.TYPE_FP32, dims=[model.num_classes])
-                for name in OUTPUTS
+                mc.ModelOutput(
+                    name=name,
+                    data_type=mc.TYPE_FP32,
+                    dims=[model.num_classes],
+                    label_filename=LABEL_FILENAME,
+                )
+                for name in settings.served_outputs
             ],
             dynamic_batching=mc.ModelDynamicBatching(
                 max_queue_delay_microseconds=int(settings.batch_wait_timeout_s * 1e6)
@@ -103,7 +126,7 @@ def is_heavy(request: pb.ModelInferRequest) -> bool:
         if raw:
             size = len(raw[i]) if i < len(raw) else 0
         else:
-            dtype = oip.DATATYPES.get(tensor.datatype)
+            dtype = DATATYPES.get(tensor.datatype)
             size = math.prod(max(0, d) for d in tensor.shape) * (dtype.itemsize if dtype else 0)
             typed += size
         if tensor.datatype == "UINT8":
@@ -133,18 +156,51 @@ def model_inputs(
     return np.ascontiguousarray(tensor, dtype=np.float32)
 
 
-def infer_response(
-    request: pb.ModelInferRequest, model: ServedModel, outputs: dict[str, np.ndarray]
-) -> pb.ModelInferResponse:
-    """The outputs the request asked for (all when it names none), as raw contents.
+def requested_outputs(
+    request: pb.ModelInferRequest, model: ServedModel, settings: ServeSettings
+) -> dict[str, int]:
+    """What the request asks for, checked before its pass: output name -> class count.
+
+    A count of 0 asks for the output's [B, K] values, k > 0 for its k best classes (Triton's
+    classification extension). A request that names no output gets every served one; one
+    that names an output twice gets it once.
 
     Raises:
-        InputError: If the request asks for an output the model does not have.
+        InputError: If the request names an output not served, or a bad class count.
     """
+    served = settings.served_outputs
+    if not request.outputs:
+        return dict.fromkeys(served, 0)
+    wanted: dict[str, int] = {}
+    for i, output in enumerate(request.outputs):
+        where = f'outputs[{i}] "{output.name}"'
+        if output.name not in served:
+            raise InputError(
+                f"{where}: no such output; this model serves {', '.join(served)}",
+                reason="bad_output_name",
+            )
+        count = classification.class_count(output, where, model.num_classes)
+        wanted.setdefault(output.name, count)
+    return wanted
+
+
+def infer_response(
+    request: pb.ModelInferRequest,
+    model: ServedModel,
+    wanted: dict[str, int],
+    outputs: dict[str, np.ndarray],
+) -> pb.ModelInferResponse:
+    """The outputs `requested_outputs` chose, in its order, as raw contents: each (B, K)
+    FP32, or (B, k) BYTES "score:index:label" where a class count was asked for."""
     response = pb.ModelInferResponse(
         model_name=model.name, model_version=model.version, id=request.id
     )
-    oip.encode_outputs(response, outputs, requested=[o.name for o in request.outputs])
+    labels = model.engine.class_names
+    tensors = {
+        name: classification.classification_tensor(outputs[name], k, labels) if k else outputs[name]
+        for name, k in wanted.items()
+    }
+    oip.encode_outputs(response, tensors)
     return response
 
 

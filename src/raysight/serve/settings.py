@@ -25,6 +25,9 @@ MESSAGE_SIZE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
 through the replicas' runtime_env) and the classic proxy (the cluster's environment)."""
 
 Device = Literal["auto", "cpu", "cuda"]
+InputDatatype = Literal["FP32", "UINT8"]
+OUTPUT_NAMES = ("logits", "probabilities")
+"""The outputs a model can serve, each [-1, K] FP32."""
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -122,6 +125,20 @@ class ServeSettings:
     device: Device = field(
         default="auto", metadata=doc("cpu, cuda, or auto (cuda when the replica was given a GPU).")
     )
+    outputs: str = field(
+        default="logits,probabilities",
+        metadata=doc(
+            "The OIP outputs served, comma-separated: logits, probabilities or both. Metadata "
+            "lists only these, and a request naming another is refused."
+        ),
+    )
+    input_datatype: InputDatatype = field(
+        default="FP32",
+        metadata=doc(
+            "The form OIP metadata advertises for `images`: FP32 (normalised) or UINT8 (raw "
+            "pixels, for clients that send what the metadata says). Both are accepted."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
@@ -145,6 +162,9 @@ class ServeSettings:
         # Checked here too, not only by from_dict: the constructor is called directly.
         if self.device not in get_args(Device):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.input_datatype not in get_args(InputDatatype):
+            raise ConfigError(f"input_datatype must be FP32 or UINT8, got {self.input_datatype!r}")
+        _parse_outputs(self.outputs)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "user_config") -> ServeSettings:
@@ -168,6 +188,11 @@ class ServeSettings:
         )
 
     @property
+    def served_outputs(self) -> tuple[str, ...]:
+        """The outputs served, in the order metadata lists them, e.g. ("probabilities",)."""
+        return _parse_outputs(self.outputs)
+
+    @property
     def batch_limits(self) -> BatchLimits:
         return BatchLimits(
             max_batch_size=self.max_batch_size,
@@ -179,3 +204,17 @@ class ServeSettings:
     @property
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
+
+
+def _parse_outputs(text: str) -> tuple[str, ...]:
+    # "logits, probabilities" -> ("logits", "probabilities"); blanks around names are allowed.
+    names = tuple(name.strip() for name in text.split(","))
+    wanted = " or ".join(OUTPUT_NAMES)
+    if not any(names):
+        raise ConfigError(f"outputs must name at least one of {wanted}, got {text!r}")
+    for name in names:
+        if name not in OUTPUT_NAMES:
+            raise ConfigError(f"outputs: {name!r} is not an output; use {wanted}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"outputs names an output twice: {text!r}")
+    return names

@@ -1,0 +1,132 @@
+"""The OIP answers per serving setting: metadata and config list exactly the served outputs
+and the advertised input form, requests name only served outputs, and classification
+results rank as the image API's Classify does."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tritonclient
+from tritonclient.utils import deserialize_bytes_tensor
+
+from raysight._proto.inference import grpc_service_pb2 as pb
+from raysight._proto.inference import model_config_pb2 as mc
+from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
+from raysight.errors import InputError
+from raysight.serve import images, oip_service
+from raysight.serve.settings import ServeSettings
+
+LABELS = ("zero", "one", "two", "three")
+PROBABILITIES = np.array([[0.1, 0.3, 0.3, 0.3], [0.7, 0.1, 0.15, 0.05]], dtype=np.float32)
+
+
+def _model() -> Any:
+    # What the answers read of a ServedModel, without loading a checkpoint.
+    engine = SimpleNamespace(class_names=LABELS)
+    return SimpleNamespace(
+        name="m", version="v1", engine=engine, input_shape=(1, 8, 8), num_classes=len(LABELS)
+    )
+
+
+def _settings(**values: Any) -> ServeSettings:
+    return ServeSettings(checkpoint="/c", **values)
+
+
+def test_server_metadata_lists_only_implemented_extensions() -> None:
+    extensions = list(oip_service.server_metadata().extensions)
+    assert extensions == ["classification", "model_configuration", "statistics"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "datatype", "outputs"),
+    [
+        ({}, "FP32", ["logits", "probabilities"]),
+        ({"outputs": "probabilities", "input_datatype": "UINT8"}, "UINT8", ["probabilities"]),
+        ({"outputs": "logits"}, "FP32", ["logits"]),
+    ],
+)
+def test_metadata_and_config_per_setting(settings: dict, datatype: str, outputs: list[str]) -> None:
+    model, served = _model(), _settings(**settings)
+    metadata = oip_service.model_metadata(model, served)
+    assert [(i.name, i.datatype, list(i.shape)) for i in metadata.inputs] == [
+        ("images", datatype, [-1, 1, 8, 8])
+    ]
+    assert [(o.name, o.datatype, list(o.shape)) for o in metadata.outputs] == [
+        (name, "FP32", [-1, 4]) for name in outputs
+    ]
+    config = oip_service.model_config(model, served).config
+    (image,) = config.input
+    assert mc.DataType.Name(image.data_type) == f"TYPE_{datatype}"
+    assert image.format == mc.ModelInput.FORMAT_NCHW
+    assert list(image.dims) == [1, 8, 8]
+    assert [(o.name, list(o.dims), o.label_filename) for o in config.output] == [
+        (name, [4], oip_service.LABEL_FILENAME) for name in outputs
+    ]
+
+
+def _request(*outputs: tritonclient.InferRequestedOutput) -> pb.ModelInferRequest:
+    # Requested outputs as tritonclient writes them, read into our messages.
+    request = pb.ModelInferRequest(model_name="m")
+    for output in outputs:
+        request.outputs.add().MergeFromString(output._get_tensor().SerializeToString())
+    return request
+
+
+def test_no_named_output_gets_every_served_one() -> None:
+    wanted = oip_service.requested_outputs(_request(), _model(), _settings(outputs="probabilities"))
+    assert wanted == {"probabilities": 0}
+
+
+def test_an_unserved_output_is_refused_by_name() -> None:
+    request = _request(tritonclient.InferRequestedOutput("logits"))
+    with pytest.raises(
+        InputError, match='outputs\\[0\\] "logits": no such output; this model serves probabilities'
+    ):
+        oip_service.requested_outputs(request, _model(), _settings(outputs="probabilities"))
+
+
+def test_a_bad_class_count_is_refused_before_the_pass() -> None:
+    request = _request(tritonclient.InferRequestedOutput("probabilities", class_count=5))
+    with pytest.raises(InputError, match="asks for 5 classes; the model has 4"):
+        oip_service.requested_outputs(request, _model(), _settings())
+
+
+def test_classification_and_tensor_outputs_in_request_order() -> None:
+    model = _model()
+    request = _request(
+        tritonclient.InferRequestedOutput("probabilities", class_count=2),
+        tritonclient.InferRequestedOutput("logits"),
+    )
+    wanted = oip_service.requested_outputs(request, model, _settings())
+    logits = np.log(PROBABILITIES)
+    response = oip_service.infer_response(
+        request, model, wanted, {"logits": logits, "probabilities": PROBABILITIES}
+    )
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
+        ("probabilities", "BYTES", [2, 2]),
+        ("logits", "FP32", [2, 4]),
+    ]
+    strings = deserialize_bytes_tensor(response.raw_output_contents[0]).reshape(2, 2)
+    assert strings.tolist() == [
+        [b"0.300000:1:one", b"0.300000:2:two"],  # a three-way tie: lower index first
+        [b"0.700000:0:zero", b"0.150000:2:two"],
+    ]
+
+
+def test_classify_ranks_as_the_classification_extension() -> None:
+    model, settings = _model(), _settings()
+    request = image_pb.ClassifyRequest(top_k=3)
+    answer = images.classify_response(request, model, settings, PROBABILITIES[0])
+    wanted = {"probabilities": 3}
+    response = oip_service.infer_response(
+        pb.ModelInferRequest(), model, wanted, {"probabilities": PROBABILITIES[:1]}
+    )
+    strings = deserialize_bytes_tensor(response.raw_output_contents[0])
+    triton = [s.decode().split(":") for s in strings]
+    assert [(p.class_index, p.label) for p in answer.predictions] == [
+        (int(index), label) for _, index, label in triton
+    ]
+    assert [f"{p.score:f}" for p in answer.predictions] == [score for score, _, _ in triton]
