@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2
 from ray import serve
 
@@ -35,7 +34,7 @@ from raysight.serve.errors import (
     status_for,
 )
 from raysight.serve.metrics import ServingMetrics
-from raysight.serve.model import ServedModel, load_served_model
+from raysight.serve.model import ServedModel, load_served_model, resolve_device
 from raysight.serve.offload import Offloader
 from raysight.serve.quality import top1_quality
 from raysight.serve.settings import ServeSettings
@@ -61,7 +60,7 @@ class InferenceServer:
         # Keyed by the model each item was checked against: items queued across a swap
         # never share a pass with the other model's.
         self._batcher: Batcher[ServedModel] = Batcher(
-            _run, BatchLimits(), on_pass=self._record_pass
+            ServedModel.run, BatchLimits(), on_pass=self._record_pass
         )
         self._offload = Offloader()
 
@@ -83,7 +82,7 @@ class InferenceServer:
             or _model_key(settings) != _model_key(self._settings)
         ):
             try:
-                device = _device(settings.device)
+                device = resolve_device(settings.device)
                 new = await asyncio.to_thread(
                     load_served_model,
                     settings.checkpoint,
@@ -379,18 +378,6 @@ def _set_status(grpc_context: Any, status: Status) -> None:
     if grpc_context is not None:
         grpc_context.set_code(status.code)
         grpc_context.set_details(status.details)
-
-
-def _run(model: ServedModel, batch: np.ndarray) -> dict[str, np.ndarray]:
-    return model.run(batch)  # (N, C, H, W) float32 -> (N, K) logits and probabilities
-
-
-def _device(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

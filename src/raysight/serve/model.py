@@ -55,6 +55,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def resolve_device(setting: str) -> str:
+    """The torch device of a `device` setting: "auto" is cuda when this process has a GPU."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 NO_TRUST_CHECKS = CheckpointTrust()
 """No pin, no signature: the checkpoint's own hashes only."""
 
