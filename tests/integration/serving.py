@@ -23,28 +23,42 @@ from raysight.train.step import Preparation, Stepper, build_optimizer
 
 def digits_checkpoint(directory: Path, seed: int, epochs: int = 4) -> Path:
     """Fit the convnet on the 8x8 digits for a few epochs (seconds) and save a checkpoint."""
+    return fitted_checkpoint(directory, "digits", None, seed=seed, epochs=epochs)
+
+
+def fitted_checkpoint(
+    directory: Path,
+    dataset: str,
+    data_dir: Path | None,
+    *,
+    seed: int,
+    epochs: int,
+    samples: int | None = None,
+) -> Path:
+    """Fit the convnet on (the first `samples` images of) a dataset's training split, in
+    this process, and save a checkpoint."""
     torch.manual_seed(seed)
-    train = load_arrays("digits", None, "train")
-    mean, std = channel_stats(train.images)
+    train = load_arrays(dataset, str(data_dir) if data_dir else None, "train")
+    images, labels = train.images[:samples], train.labels[:samples]  # (N, C, H, W) uint8
+    mean, std = channel_stats(images)
+    shape = tuple(int(d) for d in images.shape[1:])
     kwargs = resolve_kwargs(
-        "convnet", in_channels=1, num_classes=10, image_size=(8, 8), padding="same"
+        "convnet", in_channels=shape[0], num_classes=10, image_size=shape[1:], padding="same"
     )
     model = build_model("convnet", **kwargs)
     optimizer = build_optimizer(model, "adamw", 3e-3, 5e-4, 0.9)
     prep = Preparation(mean, std, crop_padding=0, flip=False, channels_last=False)
     stepper = Stepper(model, optimizer, torch.device("cpu"), prep, seed=seed)
-    feed = ArrayFeed(
-        train.images, train.labels, rank=0, world=1, batch_size=64, train=True, seed=seed
-    )
+    feed = ArrayFeed(images, labels, rank=0, world=1, batch_size=64, train=True, seed=seed)
     for epoch in range(epochs):
         stepper.train_epoch(feed.epoch(epoch), lambda _: 3e-3, 0)
     manifest = Manifest.new(
         model="convnet",
         model_kwargs=kwargs,
-        input_shape=(1, 8, 8),
+        input_shape=shape,
         preprocessing=Preprocessing(mean=mean, std=std),
         class_names=train.class_names,
-        dataset="digits",
+        dataset=dataset,
         metrics={},
         train_config={"seed": seed},
         epoch=epochs,
