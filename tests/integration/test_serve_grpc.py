@@ -26,7 +26,7 @@ from raysight.data import load_arrays
 from raysight.engine import Engine
 from raysight.serve import runner
 from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, ServeSettings
-from tests.conftest import RayCluster, free_port, scrape_metrics
+from tests.conftest import INGRESS, RayCluster, free_port, scrape_metrics
 from tests.integration.serving import digits_checkpoint, png, stop_serve
 from tests.keys import key_pair
 
@@ -482,6 +482,26 @@ def test_overload_is_resource_exhausted_and_passes(served: Served) -> None:
     assert "OK" in codes
     assert "RESOURCE_EXHAUSTED" in codes
     assert _infer(served.triton(), images[:2])["logits"].shape == (2, 10)
+
+
+@pytest.mark.skipif(INGRESS != "haproxy", reason="the classic proxy routes health to replicas")
+def test_health_watchers_hold_no_request_slots(served: Served) -> None:
+    """With room for one running and one queued request, three open Watch streams must
+    leave both free: requests still pass, one after another."""
+    served.swap(served.checkpoints[0], max_ongoing_requests=1, max_queued_requests=1)
+    stub = health_pb2_grpc.HealthStub(served.channel())
+    watchers = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=60) for _ in range(3)]
+    images, _ = _test_images(2)
+    try:
+        for watch in watchers:
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        client = served.triton()
+        for _ in range(5):
+            assert _infer(client, images)["logits"].shape == (2, 10)
+    finally:
+        for watch in watchers:
+            watch.cancel()
+        served.swap(served.checkpoints[0])
 
 
 def test_image_client_classifies_many_on_one_stream(served: Served) -> None:

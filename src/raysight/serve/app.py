@@ -102,6 +102,7 @@ class InferenceServer:
                 )
                 return
             self._model = new
+            health.mark_ready(True)
             if old is not None and old.version != new.version:
                 self._metrics.set_replaced(self._info_tags(old), _tags(old), old.engine.class_names)
             self._metrics.set_serving(self._info_tags(new))

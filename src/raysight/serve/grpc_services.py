@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import descriptor_pb2
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from raysight._proto import POOL
@@ -21,11 +21,37 @@ SERVICE_NAMES = ("inference.GRPCInferenceService", "raysight.v1.ImageService")
 GRPC_SERVICER_FUNCTIONS = [
     "raysight._proto.inference.grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server",
     "raysight._proto.raysight.v1.image_service_pb2_grpc.add_ImageServiceServicer_to_server",
-    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
-    # Last: it marks reflection as served by the ingress itself, after the routed services.
+    # These two mark their services as answered by the ingress server itself (passthrough),
+    # so they come after the routed ones.
+    "raysight.serve.grpc_services.add_health_to_server",
     "raysight.serve.grpc_services.add_reflection_to_server",
 ]
 """gRPCOptions.grpc_servicer_functions for the Serve config (with enable_reflection: false)."""
+
+
+def add_health_to_server(servicer: Any, server: Any) -> None:
+    """Register grpc.health.v1: on a replica's own server (HAProxy mode) answered there,
+    outside Serve's request slots (see serve/health.py); on the classic proxy routed to the
+    deployment, like the other services."""
+    if not _in_replica():
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        return
+    from raysight.serve.health import IngressHealth  # imports this module: not at the top
+
+    server.add_passthrough_service(HEALTH_SERVICE)
+    health_pb2_grpc.add_HealthServicer_to_server(IngressHealth(), server)
+
+
+def _in_replica() -> bool:
+    """Whether this process is a Serve replica (and not the classic proxy)."""
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        serve.get_replica_context()
+    except RayServeException:
+        return False
+    return True
 
 
 def add_reflection_to_server(servicer: Any, server: Any) -> None:

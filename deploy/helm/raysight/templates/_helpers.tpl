@@ -78,7 +78,7 @@ app.kubernetes.io/part-of: raysight
 {{- define "raysight.grpcServicerFunctions" -}}
 - raysight._proto.inference.grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server
 - raysight._proto.raysight.v1.image_service_pb2_grpc.add_ImageServiceServicer_to_server
-- grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server
+- raysight.serve.grpc_services.add_health_to_server
 - raysight.serve.grpc_services.add_reflection_to_server
 {{- end }}
 
