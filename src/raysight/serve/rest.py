@@ -175,19 +175,22 @@ async def _model_ready(server: Server, name: str, version: str) -> Response:
 async def _model_metadata(server: Server, name: str, version: str) -> Response:
     recorder = _Recorder()
     request = pb.ModelMetadataRequest(name=name, version=version)
-    return _answer(recorder.status, await server.ModelMetadata(request, recorder))
+    metadata = await server.ModelMetadata(request, recorder)
+    return _answer(recorder.status, metadata)
 
 
 async def _model_config(server: Server, name: str, version: str) -> Response:
     recorder = _Recorder()
     request = pb.ModelConfigRequest(name=name, version=version)
-    return _answer(recorder.status, (await server.ModelConfig(request, recorder)).config)
+    config = (await server.ModelConfig(request, recorder)).config
+    return _answer(recorder.status, config)
 
 
 async def _model_stats(server: Server, name: str, version: str) -> Response:
     recorder = _Recorder()
     request = pb.ModelStatisticsRequest(name=name, version=version)
-    return _answer(recorder.status, await server.ModelStatistics(request, recorder))
+    statistics = await server.ModelStatistics(request, recorder)
+    return _answer(recorder.status, statistics)
 
 
 _SERVER_ROUTES: dict[str, Callable[[Server], Awaitable[Response]]] = {
