@@ -19,7 +19,6 @@ Readiness answers 200 or 400 as Triton does (the spec: 200 true, 4xx false). Err
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -37,8 +36,6 @@ from raysight.errors import RaysightError
 from raysight.serve.errors import Status, status_for
 from raysight.serve.offload import INLINE_BYTES
 from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, MESSAGE_SIZE_ENV, ServeSettings
-
-logger = logging.getLogger(__name__)
 
 REST_OFF = (
     "KServe V2 REST is off on this server; turn it on with the serving setting rest: true "
@@ -207,9 +204,10 @@ _MODEL_ROUTES: dict[str, Callable[[Server, str, str], Awaitable[Response]]] = {
 
 
 async def _infer(request: Request, server: Server, name: str, version: str) -> Response:
-    body = await _read_body(
-        request, int(os.environ.get(MESSAGE_SIZE_ENV, DEFAULT_MAX_MESSAGE_BYTES))
-    )
+    # The cap the Serve config gives the replicas' gRPC servers (--max-message-bytes): one
+    # limit for a request, whichever protocol carries it.
+    limit = int(os.environ.get(MESSAGE_SIZE_ENV, DEFAULT_MAX_MESSAGE_BYTES))
+    body = await _read_body(request, limit)
     header_length = request.headers.get(rest.HEADER_LENGTH)
     args = (body, header_length, name, version)
     # A large JSON body takes milliseconds to parse: off the event loop, like large gRPC
