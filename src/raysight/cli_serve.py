@@ -144,6 +144,8 @@ def _serve_until_stopped(
     deployed = runner.deploy(config, ingress=ingress)
     ingress_words = _ingress_words(deployed.ingress)
     print(f"serving {checkpoint} on gRPC port {args.grpc_port} ({ingress_words})")
+    if settings.rest:
+        print(f"KServe V2 REST: http://127.0.0.1:{args.http_port}/v2")
     if deployed.neighbours:
         print(
             f"beside {', '.join(deployed.neighbours)} on the same Serve: gRPC clients must "

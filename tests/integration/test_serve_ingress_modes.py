@@ -1,4 +1,5 @@
-"""Both Serve ingress modes: the serving suite again, under the mode this session is not in."""
+"""Both Serve ingress modes: the serving suites (gRPC and REST) again, under the mode this
+session is not in."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def test_serving_suite_passes_under_the_other_ingress_mode() -> None:
             "-p",
             "no:cacheprovider",
             "tests/integration/test_serve_grpc.py",
+            "tests/integration/test_serve_rest.py",
         ],
         cwd=REPO,
         env=env,
@@ -41,4 +43,4 @@ def test_serving_suite_passes_under_the_other_ingress_mode() -> None:
     )
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-2000:]
     assert run.returncode == 0, f"{OTHER} ingress: {summary}\n{run.stdout[-4000:]}"
-    assert "17 passed" in summary
+    assert "28 passed" in summary

@@ -1,4 +1,4 @@
-"""The gRPC ingress deployment: Open Inference Protocol, the image API and health checks.
+"""The ingress deployment: OIP over gRPC and REST (serve/rest.py), the image API, health.
 
 One deployment is the whole application, so every service routes without the `application`
 metadata header in both Serve ingress modes. This class holds the replica's state (the
@@ -19,12 +19,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
 
 from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight.errors import InputError
 from raysight.logs import setup_logging
-from raysight.serve import health, images, oip_service, streams
+from raysight.serve import health, images, oip_service, rest, streams
 from raysight.serve.batching import Batcher, BatchLimits, PassReport
 from raysight.serve.errors import (
     OK,
@@ -236,6 +238,10 @@ class InferenceServer:
         response = oip_service.infer_response(request, model, wanted, outputs)
         self._metrics.images.inc(len(inputs), tags={**_tags(model), "method": "ModelInfer"})
         return response
+
+    async def __call__(self, request: Request) -> Response:
+        """KServe V2 REST on Serve's HTTP port (serve/rest.py), if the `rest` setting is on."""
+        return await rest.handle(request, self, self._settings)
 
     # ---- image API ------------------------------------------------------------------------
 

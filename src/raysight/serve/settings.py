@@ -139,6 +139,13 @@ class ServeSettings:
             "pixels, for clients that send what the metadata says). Both are accepted."
         ),
     )
+    rest: bool = field(
+        default=False,
+        metadata=doc(
+            "Answer KServe V2 REST (Triton's HTTP/JSON API, binary tensors included) on "
+            "Serve's HTTP port, beside gRPC. Off: every HTTP request gets 404."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not self.checkpoint:
