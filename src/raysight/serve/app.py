@@ -28,13 +28,7 @@ from raysight.errors import InputError
 from raysight.logs import setup_logging
 from raysight.serve import health, images, oip_service, rest, streams
 from raysight.serve.batching import Batcher, BatchLimits, PassReport
-from raysight.serve.errors import (
-    OK,
-    ModelNotFoundError,
-    NotReadyError,
-    Status,
-    status_for,
-)
+from raysight.serve.errors import OK, ModelNotFoundError, NotReadyError, Status, status_for
 from raysight.serve.metrics import ServingMetrics
 from raysight.serve.model import ServedModel, load_served_model, resolve_device
 from raysight.serve.offload import Offloader
