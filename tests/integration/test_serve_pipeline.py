@@ -110,21 +110,23 @@ def test_a_pass_never_holds_more_than_max_batch_size_images(
     assert buckets["16.0"] == buckets["+Inf"]  # every pass in the <= 16 images buckets
 
 
-def _large_jpeg() -> bytes:
+def _large_png() -> bytes:
     """8000 x 5000 pixels (exactly the default max_image_pixels), noise in 8-pixel blocks so
-    the file stays under the default 10 MiB while decoding costs the full 40 megapixels."""
+    the file stays under the default 10 MiB while decoding costs the full 40 megapixels.
+    PNG, because a JPEG this large decodes at 1/8 scale for a small model (draft mode) and
+    costs too little to show anything."""
     rng = np.random.default_rng(0)
     blocks = rng.integers(0, 256, size=(625, 1000, 3), dtype=np.uint8)
     image = Image.fromarray(blocks).resize((8000, 5000), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
+    image.save(buffer, format="PNG", compress_level=1)
     assert len(buffer.getvalue()) < ServeSettings(checkpoint="-").max_image_bytes
     return buffer.getvalue()
 
 
 def test_a_large_image_does_not_stall_small_requests(served: Served) -> None:
-    """While a 40-megapixel JPEG decodes, small requests on the same replica are answered."""
-    large = _large_jpeg()
+    """While a 40-megapixel PNG decodes, small requests on the same replica are answered."""
+    large = _large_png()
     small = png(_digits(1)[0, 0])
     big_stub = image_grpc.ImageServiceStub(served.channel())
     small_stub = image_grpc.ImageServiceStub(served.channel())
@@ -176,7 +178,7 @@ def test_classify_stream_is_pipelined(served: Served) -> None:
     """A large image first, then small ones and a bad one: the small ones are answered while
     the large one decodes (one at a time, it would come first), each with its request_id."""
     small = [png(image[0]) for image in _digits(6)]
-    requests = [image_pb.ClassifyRequest(image=_large_jpeg(), request_id="large")]
+    requests = [image_pb.ClassifyRequest(image=_large_png(), request_id="large")]
     requests += [image_pb.ClassifyRequest(image=s, request_id=f"s{i}") for i, s in enumerate(small)]
     requests.insert(4, image_pb.ClassifyRequest(image=b"not an image", request_id="bad"))
     stub = image_grpc.ImageServiceStub(served.channel())
