@@ -5,7 +5,8 @@ server: it requires one input and one output, reads the input's datatype, dims a
 from ModelMetadata and ModelConfig, converts each image file to that form with no scaling,
 and asks for the top classes through the classification extension, reading back
 "score:index:label" strings. raysight passes with the documented one-output,
-UINT8-advertised settings; the test drives that flow over gRPC: sync, async and streaming.
+UINT8-advertised settings; the test drives that flow over gRPC (sync, async, streaming)
+and over KServe V2 REST (sync, async), where metadata and config arrive as JSON.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.model_config_pb2 as mc
+import tritonclient.http as triton_http
 from PIL import Image
 from tritonclient.utils import triton_to_np_dtype
 
@@ -34,7 +37,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 IMAGES = 40  # real MNIST test digits, as PNG files
 # The settings that present one output and raw pixels, as README's serving section documents.
-GENERIC_CLIENT_SETTINGS = {"outputs": "probabilities", "input_datatype": "UINT8"}
+GENERIC_CLIENT_SETTINGS = {"outputs": "probabilities", "input_datatype": "UINT8", "rest": True}
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ class ModelView:
 
 
 @dataclass(frozen=True)
+class Targets:
+    grpc: str
+    http: str
+
+
+@dataclass(frozen=True)
 class Digits:
     files: list[Path]
     labels: np.ndarray  # (N,) true classes
@@ -62,7 +71,7 @@ class Digits:
 @pytest.fixture(scope="module")
 def served(
     ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Digits]]:
+) -> Iterator[tuple[Targets, Digits]]:
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST not found at {MNIST_DIR} (../shared is absent)")
     mnist_dir = MNIST_DIR
@@ -76,11 +85,14 @@ def served(
         files.append(root / f"{i:02d}.png")
         files[-1].write_bytes(png(test.images[i, 0]))  # (28, 28) grey
     predicted = Engine.from_directory(checkpoint).classify_pixels(test.images[:IMAGES]).argmax(1)
-    port = free_port()
+    port, http_port = free_port(), free_port()
     settings = ServeSettings.from_dict({"checkpoint": str(checkpoint), **GENERIC_CLIENT_SETTINGS})
-    runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=free_port()))
+    runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=http_port))
     try:
-        yield f"127.0.0.1:{port}", Digits(files, test.labels[:IMAGES], predicted)
+        yield (
+            Targets(f"127.0.0.1:{port}", f"127.0.0.1:{http_port}"),
+            Digits(files, test.labels[:IMAGES], predicted),
+        )
     finally:
         stop_serve(ray_cluster.dashboard_url)
 
@@ -108,6 +120,25 @@ def _view(client: triton.InferenceServerClient, name: str) -> ModelView:
     )  # fmt: skip
 
 
+def _view_http(client: triton_http.InferenceServerClient, name: str) -> ModelView:
+    """The same checks on REST's JSON, where the layout is the enum's name."""
+    metadata = client.get_model_metadata(name)
+    config = client.get_model_config(name)
+    assert len(metadata["inputs"]) == 1 and len(metadata["outputs"]) == 1
+    assert len(config["input"]) == 1
+    (tensor,), (output,) = metadata["inputs"], metadata["outputs"]
+    assert output["datatype"] == "FP32"
+    batched = config["max_batch_size"] > 0
+    dims = list(tensor["shape"][1 if batched else 0 :])
+    layout = mc.ModelInput.Format.Value(config["input"][0]["format"])
+    nchw = layout == mc.ModelInput.FORMAT_NCHW
+    channels, height, width = dims if nchw else (dims[2], dims[0], dims[1])
+    return ModelView(
+        metadata["name"], tensor["name"], output["name"], tensor["datatype"],
+        channels, height, width, nchw, config["max_batch_size"],
+    )  # fmt: skip
+
+
 def _pixels(file: Path, view: ModelView) -> np.ndarray:
     """A file as the client prepares it: grey or RGB, resized to the model's size, in the
     advertised datatype, no scaling; (C, H, W) or (H, W, C) by the advertised layout."""
@@ -126,7 +157,7 @@ def _request(view: ModelView, batch: np.ndarray, classes: int) -> tuple[list, li
     return inputs, [triton.InferRequestedOutput(view.output_name, class_count=classes)]
 
 
-def _top_classes(result: triton.InferResult, view: ModelView) -> list[list[tuple[float, int]]]:
+def _top_classes(result: Any, view: ModelView) -> list[list[tuple[float, int]]]:
     """Each row's "score:index:label" strings, as (score, index), best first."""
     rows = []
     for row in result.as_numpy(view.output_name):
@@ -145,16 +176,49 @@ def _check(rows: list[list[tuple[float, int]]], digits: Digits, indices: list[in
         assert scores == sorted(scores, reverse=True) and 0.0 <= scores[-1] <= scores[0] <= 1.0
 
 
+def _batches(view: ModelView) -> list[list[int]]:
+    size = min(8, view.max_batch_size)
+    return [list(range(i, min(i + size, IMAGES))) for i in range(0, IMAGES, size)]
+
+
+def _assert_answers(rows: list[list[tuple[float, int]]], digits: Digits) -> None:
+    _check(rows, digits, list(range(IMAGES)))
+    accuracy = np.mean(np.array([row[0][1] for row in rows]) == digits.labels)
+    assert accuracy >= 0.9, accuracy
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_generic_image_client_classifies_real_digits_over_rest(
+    served: tuple[Targets, Digits], mode: str
+) -> None:
+    targets, digits = served
+    client = triton_http.InferenceServerClient(url=targets.http, concurrency=4)
+    view = _view_http(client, "convnet-mnist")
+    assert (view.datatype, view.channels, view.height, view.width) == ("UINT8", 1, 28, 28)
+    pending = []
+    for indices in _batches(view):
+        batch = np.stack([_pixels(digits.files[i], view) for i in indices])  # (B, C, H, W)
+        inputs = [triton_http.InferInput(view.input_name, list(batch.shape), view.datatype)]
+        inputs[0].set_data_from_numpy(batch)
+        outputs = [triton_http.InferRequestedOutput(view.output_name, class_count=3)]
+        if mode == "sync":
+            pending.append(client.infer(view.name, inputs, outputs=outputs))
+        else:
+            pending.append(client.async_infer(view.name, inputs, outputs=outputs))
+    results = [p if mode == "sync" else p.get_result() for p in pending]
+    _assert_answers([row for r in results for row in _top_classes(r, view)], digits)
+    client.close()
+
+
 @pytest.mark.parametrize("mode", ["sync", "async", "streaming"])
 def test_a_generic_image_client_classifies_real_digits(
-    served: tuple[str, Digits], mode: str
+    served: tuple[Targets, Digits], mode: str
 ) -> None:
-    target, digits = served
-    client = triton.InferenceServerClient(url=target)
+    targets, digits = served
+    client = triton.InferenceServerClient(url=targets.grpc)
     view = _view(client, "convnet-mnist")
     assert (view.datatype, view.channels, view.height, view.width) == ("UINT8", 1, 28, 28)
-    batch_size = min(8, view.max_batch_size)
-    batches = [list(range(i, min(i + batch_size, IMAGES))) for i in range(0, IMAGES, batch_size)]
+    batches = _batches(view)
     done: queue.Queue[tuple[triton.InferResult | None, Exception | None]] = queue.Queue()
     results: dict[str, triton.InferResult] = {}
 
@@ -181,7 +245,6 @@ def test_a_generic_image_client_classifies_real_digits(
         results[result.get_response().id] = result
     if mode == "streaming":
         client.stop_stream()
-    rows = [row for n in range(len(batches)) for row in _top_classes(results[str(n)], view)]
-    _check(rows, digits, list(range(IMAGES)))
-    accuracy = np.mean(np.array([row[0][1] for row in rows]) == digits.labels)
-    assert accuracy >= 0.9, accuracy
+    _assert_answers(
+        [row for n in range(len(batches)) for row in _top_classes(results[str(n)], view)], digits
+    )
