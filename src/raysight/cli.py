@@ -9,7 +9,6 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -116,19 +115,17 @@ def _train(args: argparse.Namespace) -> int:
     with connected(metrics_port=args.metrics_port):
         outcome = train(cfg, prepared)
     metrics = outcome.manifest.metrics
+    from raysight.checkpoint import manifest_sha256
+
     # The digest that pins this checkpoint for serving (checkpoint_sha256).
-    print(f"checkpoint: {outcome.checkpoint} (manifest sha256 {_pin_of(outcome.checkpoint)})")
+    print(
+        f"checkpoint: {outcome.checkpoint} (manifest sha256 {manifest_sha256(outcome.checkpoint)})"
+    )
     print(
         f"epoch {outcome.manifest.epoch}: val accuracy {metrics['val_accuracy']:.4f}, "
         f"test accuracy {outcome.test.accuracy:.4f} ({outcome.test.samples} images)"
     )
     return 0
-
-
-def _pin_of(checkpoint: str | Path) -> str:
-    from raysight.checkpoint import manifest_sha256
-
-    return manifest_sha256(checkpoint)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

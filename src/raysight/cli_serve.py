@@ -174,15 +174,13 @@ def _check_checkpoint(settings: ServeSettings, *, local_cluster: bool) -> None:
         CheckpointError: the replicas would refuse it; the message says why.
     """
     from raysight.checkpoint import verify_checkpoint
-    from raysight.checkpoint.signing import SIGNATURE_FILE, verify_signature
+    from raysight.serve.model import check_signature
 
     checkpoint = settings.checkpoint
     if "://" in checkpoint or not (local_cluster or Path(checkpoint).is_dir()):
         return
-    trust = settings.trust
-    if trust.signer and (trust.require_signature or (Path(checkpoint) / SIGNATURE_FILE).exists()):
-        verify_signature(checkpoint, trust.signer)
-    verify_checkpoint(checkpoint, expected_sha256=trust.sha256)
+    check_signature(checkpoint, settings.trust)
+    verify_checkpoint(checkpoint, expected_sha256=settings.trust.sha256)
 
 
 def _ingress_words(mode: str | None) -> str:

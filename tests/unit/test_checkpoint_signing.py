@@ -139,3 +139,21 @@ def test_sign_and_verify_commands(
     assert "model.safetensors changed since signing" in capsys.readouterr().err
     assert cli.main(["sign", str(checkpoint), "--key", str(keys.public)]) == 2
     assert f"cannot sign {checkpoint}" in capsys.readouterr().err
+
+
+def test_serve_refuses_an_unsigned_checkpoint_before_any_cluster(
+    checkpoint: Path,
+    keys: KeyPair,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from raysight import cluster
+
+    def no_cluster(**_: object) -> None:
+        raise AssertionError("a Ray cluster was started before the signature was checked")
+
+    monkeypatch.setattr(cluster, "connected", no_cluster)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    trust = ["--signature-trust", str(keys.public), "--require-signature"]
+    assert cli.main(["serve", "--checkpoint", str(checkpoint), *trust]) == 2
+    assert f"unsigned (no {SIGNATURE_FILE})" in capsys.readouterr().err

@@ -150,7 +150,7 @@ def read_manifest(directory: str | Path, *, expected_sha256: str = "") -> Manife
     except OSError as error:
         raise CheckpointError(f"{manifest_path}: cannot read manifest ({error})") from error
     if expected_sha256:
-        check_pin(data, expected_sha256, str(manifest_path))
+        _check_pin(data, expected_sha256, str(manifest_path))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -158,7 +158,7 @@ def read_manifest(directory: str | Path, *, expected_sha256: str = "") -> Manife
     return Manifest.from_json(text, source=str(manifest_path))
 
 
-def check_pin(manifest: bytes, expected_sha256: str, source: str) -> None:
+def _check_pin(manifest: bytes, expected_sha256: str, source: str) -> None:
     """Refuse a manifest whose sha256 is not the pinned one.
 
     Raises:

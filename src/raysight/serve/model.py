@@ -111,13 +111,25 @@ def load_served_model(
     return served
 
 
+def check_signature(directory: str | Path, trust: CheckpointTrust) -> None:
+    """Check a checkpoint directory's signature as `trust` says: verified when a signer is
+    trusted and the checkpoint is signed or must be; an unsigned one otherwise only warned
+    about.
+
+    Raises:
+        CheckpointError: unsigned where a signature is required, or wrongly signed.
+    """
+    if not trust.signer:
+        return
+    if trust.require_signature or (Path(directory) / SIGNATURE_FILE).is_file():
+        verify_signature(directory, trust.signer)
+    else:
+        logger.warning("checkpoint is unsigned; serving it (require_signature is off)")
+
+
 def _load_checked(local: Path, device: str, trust: CheckpointTrust) -> Engine:
     """Check the signature of a private copy as `trust` says, then load it."""
-    if trust.signer:
-        if (local / SIGNATURE_FILE).is_file() or trust.require_signature:
-            verify_signature(local, trust.signer)
-        else:
-            logger.warning("checkpoint is unsigned; serving it (require_signature is off)")
+    check_signature(local, trust)
     return Engine(load_checkpoint(local, expected_sha256=trust.sha256), device)
 
 

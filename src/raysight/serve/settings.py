@@ -189,7 +189,7 @@ class ServeSettings:
     def trust(self) -> CheckpointTrust:
         """What a checkpoint must prove before it is served."""
         return CheckpointTrust(
-            sha256=self.checkpoint_sha256.lower(),
+            sha256=self.checkpoint_sha256,
             signer=self.signature_trust,
             require_signature=self.require_signature,
         )
