@@ -246,10 +246,13 @@ def test_a_failing_pass_fails_only_its_items() -> None:
 
 def test_a_cancelled_item_leaves_the_queue_before_its_pass() -> None:
     seen: list[np.ndarray] = []
+    dropped: list[str] = []
     gate = threading.Event()
 
     async def main() -> None:
-        batcher = Batcher(_gated(seen, gate), BatchLimits(max_batch_size=32))
+        batcher = Batcher(
+            _gated(seen, gate), BatchLimits(max_batch_size=32), on_drop=dropped.append
+        )
         first = asyncio.create_task(batcher.submit("m", _rows(1, 0.0)))
         gone = asyncio.create_task(batcher.submit("m", _rows(1, 1.0)))
         kept = asyncio.create_task(batcher.submit("m", _rows(1, 2.0)))
@@ -264,6 +267,30 @@ def test_a_cancelled_item_leaves_the_queue_before_its_pass() -> None:
 
     _run(main)
     assert [batch[:, 0].tolist() for batch in seen] == [[0.0], [2.0]]
+    assert dropped == ["m"]  # counted as dropped before compute, once
+
+
+def test_an_item_cancelled_during_its_pass_is_not_counted_as_dropped() -> None:
+    started = threading.Event()
+    gate = threading.Event()
+    dropped: list[str] = []
+
+    def run(key: str, batch: np.ndarray) -> Outputs:
+        started.set()
+        gate.wait(10)
+        return {"y": batch}
+
+    async def main() -> None:
+        batcher = Batcher(run, BatchLimits(), on_drop=dropped.append)
+        task = asyncio.create_task(batcher.submit("m", _rows(1, 0.0)))
+        await asyncio.to_thread(started.wait, 10)
+        task.cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    _run(main)
+    assert dropped == []
 
 
 def test_concurrent_passes_overlap_up_to_the_limit() -> None:

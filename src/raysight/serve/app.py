@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -24,11 +22,11 @@ from starlette.responses import Response
 
 from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
-from raysight.errors import InputError
 from raysight.logs import setup_logging
-from raysight.serve import health, images, oip_service, rest, streams
+from raysight.serve import health, images, oip_service, rest
 from raysight.serve.batching import Batcher, BatchLimits, PassReport
-from raysight.serve.errors import OK, ModelNotFoundError, NotReadyError, Status, status_for
+from raysight.serve.boundary import Boundary, set_status
+from raysight.serve.errors import ModelNotFoundError, NotReadyError, Status
 from raysight.serve.metrics import ServingMetrics
 from raysight.serve.model import ServedModel, load_served_model, resolve_device
 from raysight.serve.offload import Offloader
@@ -53,10 +51,14 @@ class InferenceServer:
         self._settings: ServeSettings | None = None
         self._metrics = ServingMetrics()
         self._stats = Statistics()
+        self.boundary = Boundary(self._metrics, self._stats, lambda: self._model)
         # Keyed by the model each item was checked against: items queued across a swap
         # never share a pass with the other model's.
         self._batcher: Batcher[ServedModel] = Batcher(
-            ServedModel.run, BatchLimits(), on_pass=self._record_pass
+            ServedModel.run,
+            BatchLimits(),
+            on_pass=self._record_pass,
+            on_drop=lambda model: self._metrics.dropped.inc(tags=_tags(model)),
         )
         self._offload = Offloader()
 
@@ -162,7 +164,7 @@ class InferenceServer:
     async def ModelReady(  # noqa: N802
         self, request: pb.ModelReadyRequest, grpc_context: Any = None
     ) -> pb.ModelReadyResponse:
-        with self._rpc("ModelReady", grpc_context):
+        with self.boundary.unary("ModelReady", grpc_context):
             self._resolve(request.name, request.version)
             return pb.ModelReadyResponse(ready=True)
         return pb.ModelReadyResponse()
@@ -175,7 +177,7 @@ class InferenceServer:
     async def ModelMetadata(  # noqa: N802
         self, request: pb.ModelMetadataRequest, grpc_context: Any = None
     ) -> pb.ModelMetadataResponse:
-        with self._rpc("ModelMetadata", grpc_context):
+        with self.boundary.unary("ModelMetadata", grpc_context):
             model = self._resolve(request.name, request.version)
             return oip_service.model_metadata(model, self._current_settings())
         return pb.ModelMetadataResponse()
@@ -183,7 +185,7 @@ class InferenceServer:
     async def ModelConfig(  # noqa: N802
         self, request: pb.ModelConfigRequest, grpc_context: Any = None
     ) -> pb.ModelConfigResponse:
-        with self._rpc("ModelConfig", grpc_context):
+        with self.boundary.unary("ModelConfig", grpc_context):
             model = self._resolve(request.name, request.version)
             return oip_service.model_config(model, self._current_settings())
         return pb.ModelConfigResponse()
@@ -191,7 +193,7 @@ class InferenceServer:
     async def ModelStatistics(  # noqa: N802
         self, request: pb.ModelStatisticsRequest, grpc_context: Any = None
     ) -> pb.ModelStatisticsResponse:
-        with self._rpc("ModelStatistics", grpc_context):
+        with self.boundary.unary("ModelStatistics", grpc_context):
             model = self._resolve(request.name, request.version)
             return pb.ModelStatisticsResponse(model_stats=[self._stats.to_proto(model)])
         return pb.ModelStatisticsResponse()
@@ -204,7 +206,7 @@ class InferenceServer:
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, grpc_context: Any = None
     ) -> pb.ModelInferResponse:
-        with self._rpc("ModelInfer", grpc_context):
+        with self.boundary.unary("ModelInfer", grpc_context):
             return await self._infer(request)
         return pb.ModelInferResponse()
 
@@ -219,7 +221,7 @@ class InferenceServer:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
 
         failed = oip_service.stream_failure
-        async for response in self._each("ModelStreamInfer", requests, answer, failed):
+        async for response in self.boundary.stream("ModelStreamInfer", requests, answer, failed):
             yield response
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
@@ -242,7 +244,7 @@ class InferenceServer:
     async def Classify(  # noqa: N802
         self, request: image_pb.ClassifyRequest, grpc_context: Any = None
     ) -> image_pb.ClassifyResponse:
-        with self._rpc("Classify", grpc_context):
+        with self.boundary.unary("Classify", grpc_context):
             return await self._classify(request)
         return image_pb.ClassifyResponse(request_id=request.request_id)
 
@@ -252,7 +254,8 @@ class InferenceServer:
         """One response per image, in completion order, carrying its request_id; a bad image
         gets `error` and the stream goes on."""
         failed = images.stream_failure
-        async for response in self._each("ClassifyStream", requests, self._classify, failed):
+        answers = self.boundary.stream("ClassifyStream", requests, self._classify, failed)
+        async for response in answers:
             yield response
 
     async def _classify(self, request: image_pb.ClassifyRequest) -> image_pb.ClassifyResponse:
@@ -271,7 +274,7 @@ class InferenceServer:
     ) -> health_pb2.HealthCheckResponse:
         status = health.status(request.service, self._model is not None)
         if status is None:
-            _set_status(
+            set_status(
                 grpc_context,
                 Status(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}"),
             )
@@ -304,65 +307,6 @@ class InferenceServer:
             raise NotReadyError("model is loading; retry shortly")
         return self._settings
 
-    async def _each(
-        self,
-        method: str,
-        requests: AsyncIterator[Any],
-        answer: Callable[[Any], Awaitable[Any]],
-        failed: Callable[[Any, Status], Any],
-    ) -> AsyncIterator[Any]:
-        """The error boundary of a bidirectional stream: requests are read as they arrive and
-        answered as each completes (serve/streams.py); each is counted on its own, and a
-        failure becomes an in-band error instead of ending the stream."""
-
-        async def guarded(request: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                response = await answer(request)
-            except Exception as exc:
-                status = status_for(exc, method)
-                self._count(method, status, started, exc)
-                return failed(request, status)
-            self._count(method, OK, started)
-            return response
-
-        async for response in streams.pipelined(requests, guarded):
-            yield response
-
-    @contextmanager
-    def _rpc(self, method: str, grpc_context: Any) -> Iterator[None]:
-        """The error boundary of a unary RPC: count it, and turn any exception into a status.
-
-        On an exception the `with` body's return is skipped, so the caller's next line
-        returns an empty message and the client sees the status set here.
-        """
-        started = time.perf_counter()
-        try:
-            yield
-        except Exception as exc:
-            status = status_for(exc, method)
-            self._count(method, status, started, exc)
-            _set_status(grpc_context, status)
-            return
-        self._count(method, OK, started)
-
-    def _count(
-        self, method: str, status: Status, started: float, error: Exception | None = None
-    ) -> None:
-        model = self._model
-        tags = {
-            "model": model.name if model else "",
-            "version": model.version if model else "",
-            "method": method,
-            "code": status.label,
-        }
-        self._metrics.requests.inc(tags=tags)
-        self._metrics.latency.observe(time.perf_counter() - started, tags=tags)
-        if isinstance(error, InputError):
-            self._metrics.rejected.inc(tags={"model": tags["model"], "reason": error.reason})
-        if method in ("ModelInfer", "ModelStreamInfer"):
-            self._stats.record_request(status is OK, time.perf_counter() - started)
-
 
 def _model_key(settings: ServeSettings) -> tuple[object, ...]:
     """The settings that need the model reloaded when they change: a new pin or signer
@@ -373,12 +317,6 @@ def _model_key(settings: ServeSettings) -> tuple[object, ...]:
 
 def _tags(model: ServedModel) -> dict[str, str]:
     return {"model": model.name, "version": model.version}
-
-
-def _set_status(grpc_context: Any, status: Status) -> None:
-    if grpc_context is not None:
-        grpc_context.set_code(status.code)
-        grpc_context.set_details(status.details)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -204,6 +204,8 @@ class Batcher(Generic[K]):
         limits: The knobs.
         on_pass: Called on the event loop after each successful pass; its errors are logged
             and never reach the items.
+        on_drop: Called with an item's key when its caller went away (a passed deadline, a
+            cancel) before any pass took it: dropped before compute.
         clock: Monotonic seconds; a test may pass its own.
     """
 
@@ -213,10 +215,12 @@ class Batcher(Generic[K]):
         limits: BatchLimits,
         *,
         on_pass: Callable[[PassReport[K]], None] | None = None,
+        on_drop: Callable[[K], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._run = run
         self._on_pass = on_pass
+        self._on_drop = on_drop
         self._clock = clock
         self.policy = BatchPolicy(limits)
         self._executor = _executor(limits.max_concurrent)
@@ -266,6 +270,8 @@ class Batcher(Generic[K]):
         except asyncio.CancelledError:
             if item in self._queue:  # not started: no pass will carry it
                 self._queue.remove(item)
+                if self._on_drop is not None:
+                    self._on_drop(key)
             raise
 
     # ---- dispatch ---------------------------------------------------------------------------

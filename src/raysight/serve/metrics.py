@@ -78,6 +78,14 @@ class ServingMetrics:
             description="1 for the checkpoint a replica serves (version, weights hash).",
             tag_keys=("model", "version", "checkpoint_sha256"),
         )
+        self.dropped = metrics.Counter(
+            "raysight_dropped_requests_total",
+            description=(
+                "Requests whose caller went away (a passed gRPC deadline, a cancel) while "
+                "they waited for a forward pass: dropped before compute."
+            ),
+            tag_keys=("model", "version"),
+        )
         self.checkpoint_failures = metrics.Counter(
             "raysight_checkpoint_load_failures_total",
             description="Checkpoint swaps refused (bad or unreadable checkpoint).",
