@@ -3,6 +3,7 @@ health, reflection, errors, a checkpoint swap under traffic, and the metrics end
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -27,7 +28,7 @@ from raysight.engine import Engine
 from raysight.serve import runner
 from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, ServeSettings
 from tests.conftest import INGRESS, RayCluster, free_port, scrape_metrics
-from tests.integration.serving import digits_checkpoint, png, stop_serve
+from tests.integration.serving import digits_checkpoint, png, stop_serve, untrained_checkpoint
 from tests.keys import key_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -131,11 +132,13 @@ def test_model_config_index_and_statistics(served: Served) -> None:
     assert stats.inference_count >= 4
 
 
-def _infer(client: triton.InferenceServerClient, batch: np.ndarray, **kwargs: object) -> dict:
+def _infer(
+    client: triton.InferenceServerClient, batch: np.ndarray, model: str = MODEL, **kwargs: object
+) -> dict:
     datatype = "UINT8" if batch.dtype == np.uint8 else "FP32"
     tensor = triton.InferInput("images", list(batch.shape), datatype)
     tensor.set_data_from_numpy(batch)
-    result = client.infer(MODEL, [tensor], **kwargs)
+    result = client.infer(model, [tensor], **kwargs)
     return {name: result.as_numpy(name) for name in ("logits", "probabilities")}
 
 
@@ -366,6 +369,18 @@ def test_checkpoint_swap_under_traffic_loses_no_request(served: Served, tmp_path
         time.sleep(0.2)
 
 
+def _wait_for_model(client: triton.InferenceServerClient, model: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.is_model_ready(model):
+                return
+        except InferenceServerException:
+            pass  # the other model still serves: NOT_FOUND
+        assert time.monotonic() < deadline, f"{model} never served"
+        time.sleep(0.2)
+
+
 def _wait_for_version(client: triton.InferenceServerClient, version: str) -> None:
     deadline = time.monotonic() + 60
     while client.get_model_metadata(MODEL).versions != [version]:
@@ -461,6 +476,7 @@ def test_overload_is_resource_exhausted_and_passes(served: Served) -> None:
     served.swap(served.checkpoints[0], max_ongoing_requests=1, max_queued_requests=1)
     images, _ = _test_images(16)
     codes: list[str] = []
+    details: list[str] = []
 
     def call() -> None:
         stub = image_grpc.ImageServiceStub(served.channel())
@@ -469,6 +485,7 @@ def test_overload_is_resource_exhausted_and_passes(served: Served) -> None:
             codes.append("OK")
         except grpc.RpcError as exc:
             codes.append(exc.code().name)
+            details.append(exc.details() or "")
 
     try:
         burst = [threading.Thread(target=call) for _ in range(24)]
@@ -481,6 +498,7 @@ def test_overload_is_resource_exhausted_and_passes(served: Served) -> None:
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
     assert "OK" in codes
     assert "RESOURCE_EXHAUSTED" in codes
+    assert all("retry" in d or "backpressure" in d for d in details), details
     assert _infer(served.triton(), images[:2])["logits"].shape == (2, 10)
 
 
@@ -518,3 +536,48 @@ def test_image_client_classifies_many_on_one_stream(served: Served) -> None:
     assert all(r.error == "" and len(r.labels) == 2 for r in good)
     assert all(r.model_version == served.version for r in good)
     assert sum(r.labels[0].label == str(y) for r, y in zip(good, labels, strict=True)) >= 3
+
+
+@pytest.mark.skipif(INGRESS != "haproxy", reason="measured in the default ingress mode")
+def test_a_request_whose_deadline_passes_while_queued_is_dropped_before_compute(
+    served: Served, ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """A request queued behind a long pass, with a deadline shorter than that pass, is
+    answered DEADLINE_EXCEEDED and never computed: the dropped counter says so."""
+    slow = untrained_checkpoint(tmp_path / "slow", "resnet18", (3, 64, 64))
+    served.swap(slow)
+    model = "resnet18-untrained"
+    client = served.triton()
+    rng = np.random.default_rng(0)
+    try:
+        _wait_for_model(client, model)
+        long = threading.Thread(
+            target=_infer,
+            args=(client, rng.random((16, 3, 64, 64), np.float32)),
+            kwargs={"model": model},
+        )
+        long.start()
+        time.sleep(0.2)  # sequencing: the 16 images' pass (over a second here) has begun
+        with pytest.raises(InferenceServerException) as late:
+            _infer(client, rng.random((1, 3, 64, 64), np.float32), model=model, client_timeout=0.3)
+        long.join(timeout=120)
+    finally:
+        served.swap(served.checkpoints[0])
+        _wait_for_model(client, MODEL)
+    assert "Deadline" in str(late.value), late.value
+    dropped = "ray_raysight_dropped_requests_total{"
+    text = scrape_metrics(ray_cluster.metrics_port, lambda t: dropped in t)
+    lines = text.splitlines()
+    counted = [
+        " ".join([*re.findall(r'(?:code|method|model)="[^"]*"', line), line.rsplit(" ", 1)[-1]])
+        for line in lines
+        if line.startswith(("ray_raysight_requests_total{", dropped))
+    ]
+    assert any(line.startswith(dropped) and f'model="{model}"' in line for line in lines), counted
+    # DEADLINE_EXCEEDED when the replica answered it; CANCELLED when HAProxy had it on its
+    # fallback, Serve's proxy, which passes the client's cancel on but not its deadline.
+    assert any(
+        line.startswith("ray_raysight_requests_total{")
+        and re.search(r'code="(DEADLINE_EXCEEDED|CANCELLED)"', line)
+        for line in lines
+    ), counted

@@ -17,7 +17,7 @@ import yaml
 
 from raysight.config import TrainConfig
 from raysight.serve.grpc_services import GRPC_SERVICER_FUNCTIONS
-from raysight.serve.settings import ServeSettings
+from raysight.serve.settings import ServeSettings, replica_env
 from tests import k8s_checks
 from tests.chart import CHART, chart_values, kinds, lint_problems, render, render_files, values_of
 from tests.conftest import REPO
@@ -586,7 +586,7 @@ def test_message_cap_reaches_the_replicas_and_the_classic_proxy() -> None:
         cap = str(chart_values(VARIANTS[variant]())["serve"]["maxMessageBytes"])
         (deployment,) = k8s_checks.serve_config(rayservice)["applications"][0]["deployments"]
         env_vars = deployment["ray_actor_options"]["runtime_env"]["env_vars"]
-        assert env_vars == {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": cap}, variant
+        assert env_vars == replica_env(int(cap)), variant
         for container in ray_containers(rayservice):
             assert env_of(container)["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == cap, variant
     assert cap == "67108864"  # an integer, never Helm's float notation

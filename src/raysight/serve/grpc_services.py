@@ -6,6 +6,8 @@ this module by name from `grpc_servicer_functions`, so it must stay light: no to
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from google.protobuf import descriptor_pb2
@@ -13,27 +15,69 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from raysight._proto import POOL
+from raysight._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from raysight._proto.raysight.v1 import image_service_pb2_grpc as image_grpc
+from raysight.serve.settings import SAME_LOOP_ENV
+
+logger = logging.getLogger(__name__)
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
-SERVICE_NAMES = ("inference.GRPCInferenceService", "raysight.v1.ImageService")
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+IMAGE_SERVICE = "raysight.v1.ImageService"
+SERVICE_NAMES = (INFERENCE_SERVICE, IMAGE_SERVICE)
 """The services the deployment implements (health answers for each, and for "")."""
 
 GRPC_SERVICER_FUNCTIONS = [
-    "raysight._proto.inference.grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server",
-    "raysight._proto.raysight.v1.image_service_pb2_grpc.add_ImageServiceServicer_to_server",
-    # These two mark their services as answered by the ingress server itself (passthrough),
-    # so they come after the routed ones.
+    "raysight.serve.grpc_services.add_inference_to_server",
+    "raysight.serve.grpc_services.add_images_to_server",
     "raysight.serve.grpc_services.add_health_to_server",
     "raysight.serve.grpc_services.add_reflection_to_server",
 ]
 """gRPCOptions.grpc_servicer_functions for the Serve config (with enable_reflection: false)."""
 
 
+def add_inference_to_server(servicer: Any, server: Any) -> None:
+    """Register the Open Inference Protocol: answered in the replica when it can be (see
+    `answered_in_replica`), otherwise routed through Serve to the deployment."""
+    if answered_in_replica():
+        from raysight.serve.replica_ingress import ReplicaInference  # replicas only: no Ray
+
+        server.add_passthrough_service(INFERENCE_SERVICE)
+        servicer = ReplicaInference()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+
+
+def add_images_to_server(servicer: Any, server: Any) -> None:
+    """Register the image API, answered in the replica or routed, as OIP is."""
+    if answered_in_replica():
+        from raysight.serve.replica_ingress import ReplicaImages
+
+        server.add_passthrough_service(IMAGE_SERVICE)
+        servicer = ReplicaImages()
+    image_grpc.add_ImageServiceServicer_to_server(servicer, server)
+
+
+def answered_in_replica() -> bool:
+    """Whether this server is a replica's own (HAProxy mode) that may answer OIP and the
+    image API itself: its user code shares the server's event loop, and its deployment does
+    not autoscale (Serve's autoscaler counts only the requests its own path carries)."""
+    context = _replica_context()
+    if context is None:
+        return False
+    if os.environ.get(SAME_LOOP_ENV) != "0":
+        logger.info("%s is not 0: requests go through Serve's request path", SAME_LOOP_ENV)
+        return False
+    if context._deployment_config.autoscaling_config is not None:
+        logger.info("the deployment autoscales: requests go through Serve's request path")
+        return False
+    return True
+
+
 def add_health_to_server(servicer: Any, server: Any) -> None:
     """Register grpc.health.v1: on a replica's own server (HAProxy mode) answered there,
     outside Serve's request slots (see serve/health.py); on the classic proxy routed to the
     deployment, like the other services."""
-    if not _in_replica():
+    if _replica_context() is None:
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
         return
     from raysight.serve.health import IngressHealth  # imports this module: not at the top
@@ -42,16 +86,15 @@ def add_health_to_server(servicer: Any, server: Any) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(IngressHealth(), server)
 
 
-def _in_replica() -> bool:
-    """Whether this process is a Serve replica (and not the classic proxy)."""
+def _replica_context() -> Any:
+    """This Serve replica's context; None in another process (the classic proxy)."""
     from ray import serve
     from ray.serve.exceptions import RayServeException
 
     try:
-        serve.get_replica_context()
+        return serve.get_replica_context()
     except RayServeException:
-        return False
-    return True
+        return None
 
 
 def add_reflection_to_server(servicer: Any, server: Any) -> None:

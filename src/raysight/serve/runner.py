@@ -24,7 +24,7 @@ from ray.serve.schema import ApplicationStatus
 
 from raysight.errors import RaysightError
 from raysight.serve.grpc_services import GRPC_SERVICER_FUNCTIONS
-from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, MESSAGE_SIZE_ENV, ServeSettings
+from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, ServeSettings, replica_env
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def serve_config(
         "ray_actor_options": {
             "num_cpus": num_cpus,
             "num_gpus": num_gpus,
-            "runtime_env": {"env_vars": {MESSAGE_SIZE_ENV: str(max_message_bytes)}},
+            "runtime_env": {"env_vars": replica_env(max_message_bytes)},
         },
         "user_config": settings.to_dict(),
     }

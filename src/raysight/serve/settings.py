@@ -23,6 +23,16 @@ replica parse."""
 MESSAGE_SIZE_ENV = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
 """Read by Serve when a process imports it: the direct-ingress replicas' gRPC servers (set
 through the replicas' runtime_env) and the classic proxy (the cluster's environment)."""
+SAME_LOOP_ENV = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
+""""0" runs a replica's user code on its main event loop, the one its own gRPC server runs
+on: the in-replica path for OIP and the image API (serve/replica_ingress.py) needs it, so
+that the deployment's batcher serves one loop."""
+
+
+def replica_env(max_message_bytes: int) -> dict[str, str]:
+    """The environment raysight's replicas run with (their runtime_env's env_vars)."""
+    return {MESSAGE_SIZE_ENV: str(max_message_bytes), SAME_LOOP_ENV: "0"}
+
 
 Device = Literal["auto", "cpu", "cuda"]
 InputDatatype = Literal["FP32", "UINT8"]

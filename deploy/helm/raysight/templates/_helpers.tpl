@@ -76,8 +76,8 @@ app.kubernetes.io/part-of: raysight
 
 {{/* The gRPC servicer functions raysight.serve.grpc_services.GRPC_SERVICER_FUNCTIONS names. */}}
 {{- define "raysight.grpcServicerFunctions" -}}
-- raysight._proto.inference.grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server
-- raysight._proto.raysight.v1.image_service_pb2_grpc.add_ImageServiceServicer_to_server
+- raysight.serve.grpc_services.add_inference_to_server
+- raysight.serve.grpc_services.add_images_to_server
 - raysight.serve.grpc_services.add_health_to_server
 - raysight.serve.grpc_services.add_reflection_to_server
 {{- end }}
@@ -95,7 +95,9 @@ from the same settings, so `serve deploy`, `raysight serve` and the RayService a
   "ray_actor_options" (dict
     "num_cpus" $serve.numCpus
     "num_gpus" $serve.numGpus
-    "runtime_env" (dict "env_vars" (dict "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE" (toString (int $serve.maxMessageBytes)))))
+    "runtime_env" (dict "env_vars" (dict
+      "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE" (toString (int $serve.maxMessageBytes))
+      "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD" "0")))
   "user_config" $serve.settings
 }}
 {{- if $serve.autoscaling }}
