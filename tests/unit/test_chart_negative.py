@@ -4,13 +4,15 @@ test_chart.py pass because the chart is right, not because they cannot fail."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 
 from tests import k8s_checks
-from tests.chart import CHART, kinds, lint_problems, render
+from tests.chart import CHART, kinds, lint_problems, render, values_of
 from tests.k8s_checks import CheckError
 
 needs_crds = pytest.mark.skipif(
@@ -80,6 +82,155 @@ def test_a_wrong_crd_field_fails_crd_validation(
     (rayservice,) = kinds(render(chart=chart), "RayService")
     with pytest.raises(CheckError, match=re.escape(message)):
         k8s_checks.validate_object(rayservice)
+
+
+Edit = tuple[str, str, str]
+"""(template, old, new): a defect for `planted`."""
+# Values that render each custom kind: training on, and each kind of monitor.
+TRAIN = values_of(CHART / "values-cpu.yaml")
+POD_MONITOR = {"monitoring": {"enabled": True}}
+SERVICE_MONITOR = {"monitoring": {"enabled": True, "kind": "ServiceMonitor"}}
+RULES = {"monitoring": {"rules": {"enabled": True}}}
+
+
+@needs_crds
+@pytest.mark.parametrize(
+    ("values", "edit", "kind", "message"),
+    [
+        # A misspelt RayJob field.
+        (
+            TRAIN,
+            ("rayjob.yaml", "  shutdownAfterJobFinishes: true", "  shutdownAfterJobFinish: true"),
+            "RayJob",
+            "spec: Additional properties are not allowed ('shutdownAfterJobFinish' was",
+        ),
+        # A string where the RayJob wants an integer.
+        (
+            TRAIN,
+            (
+                "rayjob.yaml",
+                "  backoffLimit: {{ int $train.backoffLimit }}",
+                '  backoffLimit: "{{ int $train.backoffLimit }}"',
+            ),
+            "RayJob",
+            "spec.backoffLimit: '0' is not of type 'integer'",
+        ),
+        # A misspelt field of a PodMonitor's endpoint.
+        (
+            POD_MONITOR,
+            ("podmonitor.yaml", "      scrapeTimeout:", "      scrapeTimout:"),
+            "PodMonitor",
+            "spec.podMetricsEndpoints.0: Additional properties are not allowed ('scrapeTimout'",
+        ),
+        # A ServiceMonitor endpoint's path under a name it does not have.
+        (
+            SERVICE_MONITOR,
+            ("servicemonitor.yaml", "      path: /metrics", "      metricsPath: /metrics"),
+            "ServiceMonitor",
+            "spec.endpoints.0: Additional properties are not allowed ('metricsPath' was",
+        ),
+        # A rule group's interval as a number, not a duration.
+        (
+            RULES,
+            (
+                "prometheusrule.yaml",
+                "    - name: raysight.serving.rules\n",
+                "    - name: raysight.serving.rules\n      interval: 30\n",
+            ),
+            "PrometheusRule",
+            "spec.groups.0.interval: 30 is not of type 'string'",
+        ),
+        # A misspelt rule field.
+        (
+            RULES,
+            (
+                "prometheusrule.yaml",
+                "        - record: model_version_method_code:raysight_requests:rate5m",
+                "        - recorded: model_version_method_code:raysight_requests:rate5m",
+            ),
+            "PrometheusRule",
+            "spec.groups.0.rules.0: Additional properties are not allowed ('recorded' was",
+        ),
+    ],
+)
+def test_a_wrong_field_fails_every_custom_kinds_crd(
+    tmp_path: Path, values: dict[str, Any], edit: Edit, kind: str, message: str
+) -> None:
+    """The RayService has its own cases above; these cover the other CRDs the chart uses."""
+    chart = planted(tmp_path, *edit)
+    (obj,) = kinds(render(values, chart=chart), kind)
+    with pytest.raises(CheckError, match=re.escape(f"{kind}/raysight") + ".*" + re.escape(message)):
+        k8s_checks.validate_object(obj)
+
+
+@pytest.mark.parametrize(
+    ("edit", "kind", "path", "field"),
+    [
+        # A Service port as a string: Kubernetes wants an integer.
+        (
+            (
+                "service-grpc.yaml",
+                "      port: {{ int $svc.port }}",
+                '      port: "{{ int $svc.port }}"',
+            ),
+            "Service",
+            "spec.ports.0.port",
+            "'9000' is not of type 'integer'",
+        ),
+        # A misspelt PodDisruptionBudget field.
+        (
+            ("poddisruptionbudget.yaml", "  maxUnavailable: {{", "  maxUnavailabe: {{"),
+            "PodDisruptionBudget",
+            "spec",
+            "'maxUnavailabe' was unexpected",
+        ),
+    ],
+)
+def test_a_wrong_builtin_field_fails_kubernetes_validate(
+    tmp_path: Path, edit: Edit, kind: str, path: str, field: str
+) -> None:
+    """The refusal is kubernetes-validate's own (its error is the cause) at every Kubernetes
+    version checked, not one of the checks the module adds before it."""
+    chart = planted(tmp_path, *edit)
+    (obj,) = kinds(render(chart=chart), kind)
+    for version in k8s_checks.KUBE_VERSIONS:
+        with pytest.raises(CheckError) as caught:
+            k8s_checks.validate_object(obj, version)
+        cause = caught.value.__cause__
+        assert isinstance(cause, kubernetes_validate.ValidationError), version
+        assert ".".join(map(str, cause.absolute_path)) == path, version
+        assert field in cause.message, version
+
+
+def _no_limits(container: dict[str, Any]) -> None:
+    del container["resources"]["limits"]
+
+
+def _escalates(container: dict[str, Any]) -> None:
+    container["securityContext"]["allowPrivilegeEscalation"] = True
+
+
+@pytest.mark.parametrize(
+    ("defect", "message"),
+    [
+        (_no_limits, "no limits for cpu, memory"),
+        (_escalates, "allowPrivilegeEscalation must be false"),
+    ],
+)
+def test_an_unbounded_or_escalating_container_fails_the_hardening_check(
+    defect: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    """The defect is planted in one container, the serving workers' Ray container, and the
+    check names that container."""
+    objects = render(TRAIN)
+    k8s_checks.check_pods_hardened(objects)  # clean before the defect
+    (rayservice,) = kinds(objects, "RayService")
+    (group,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    container = group["template"]["spec"]["containers"][0]
+    defect(container)
+    where = f"RayService/raysight group {group['groupName']} {container['name']}"
+    with pytest.raises(CheckError, match=re.escape(f"{where}: {message}")):
+        k8s_checks.check_pods_hardened(objects)
 
 
 @pytest.mark.parametrize(

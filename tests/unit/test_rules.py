@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.chart import kinds, render
-from tests.conftest import require_tool
+from tests.conftest import REPO, require_tool
 from tests.promql import (
     DASHBOARD,
     RULES_TEST,
@@ -41,6 +41,10 @@ ALERTS = {
     "RaysightTrainingDiverged",
 }
 RUNBOOKS = "https://github.com/raysight/raysight/blob/main/deploy/README.md"
+README = REPO / "deploy" / "README.md"  # the file RUNBOOKS links to
+# An ATX heading (its optional closing hashes dropped), and an explicit anchor inside one.
+HEADING = re.compile(r"^ {0,3}#{1,6}\s+(.+?)(?:\s+#+)?\s*$")
+EXPLICIT_ANCHOR = re.compile(r'<a\s+(?:id|name)="([^"]+)"')
 # A recording rule's name: level:metric:operations (https://prometheus.io/docs/practices/rules/).
 RULE_NAME = re.compile(r"[a-z][a-z_]*:[a-z][a-z0-9_]*:[a-z][a-z0-9_]*")
 RECORDED = re.compile(r"\b[a-z_][a-z0-9_]*(?::[a-z0-9_]+)+\b")
@@ -121,6 +125,80 @@ def test_every_alert_explains_itself_and_links_its_runbook(spec: dict[str, Any])
         assert annotations["summary"] and annotations["description"], name
         assert "{{ $labels." in annotations["summary"], name  # Helm left them for Prometheus
         assert annotations["runbook_url"] == f"{RUNBOOKS}#alert-{name.lower()}"
+
+
+def _github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of `markdown`, so a runbook link can be checked
+    without GitHub: each heading's slug (its visible text lower-cased, punctuation dropped,
+    spaces made hyphens, "-1", "-2"... on repeats) and any `<a id>` or `<a name>` in it.
+    Lines inside fenced code blocks are not headings."""
+    anchors: set[str] = set()
+    repeats: dict[str, int] = {}
+    fenced = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+            continue
+        heading = None if fenced else HEADING.match(line)
+        if heading is None:
+            continue
+        text = heading.group(1)
+        anchors.update(EXPLICIT_ANCHOR.findall(text))
+        visible = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", re.sub(r"<[^>]+>", "", text))
+        slug = re.sub(r"[^\w\- ]", "", visible.strip().lower()).replace(" ", "-")
+        count = repeats.get(slug, 0)
+        repeats[slug] = count + 1
+        anchors.add(f"{slug}-{count}" if count else slug)
+    return anchors
+
+
+def _unresolved_runbooks(spec: dict[str, Any], anchors: set[str]) -> dict[str, str | None]:
+    """Alerts whose runbook_url is not RUNBOOKS#ANCHOR with ANCHOR among `anchors`, each with
+    its URL (None where it has none)."""
+    unresolved = {}
+    for rule in rules_of(spec):
+        if "alert" not in rule:
+            continue
+        url = rule.get("annotations", {}).get("runbook_url")
+        page, _, fragment = str(url).partition("#")
+        if page != RUNBOOKS or fragment not in anchors:
+            unresolved[rule["alert"]] = url
+    return unresolved
+
+
+def test_github_anchors_are_computed_as_github_does() -> None:
+    markdown = "\n".join(
+        [
+            "# Deploying raysight",
+            "## Alerts and runbooks",
+            '### <a id="alert-x"></a>RaysightX (critical)',
+            "## Alerts and runbooks",
+            "## `make test`, offline [in CI](ci.md) ##",
+            "```sh",
+            "# a shell comment, not a heading",
+            "```",
+        ]
+    )
+    assert _github_anchors(markdown) == {
+        "deploying-raysight",
+        "alerts-and-runbooks",
+        "alert-x",
+        "raysightx-critical",
+        "alerts-and-runbooks-1",
+        "make-test-offline-in-ci",
+    }
+
+
+def test_every_runbook_link_lands_on_a_readme_heading(spec: dict[str, Any]) -> None:
+    text = README.read_text()
+    assert _unresolved_runbooks(spec, _github_anchors(text)) == {}
+    # Planted: one runbook's heading anchor renamed, as an edit to the README might.
+    old = '<a id="alert-raysightnoreadyreplica">'
+    assert text.count(old) == 1
+    planted = text.replace(old, '<a id="alert-raysightnoreplica">')
+    assert _unresolved_runbooks(spec, _github_anchors(planted)) == {
+        "RaysightNoReadyReplica": f"{RUNBOOKS}#alert-raysightnoreadyreplica"
+    }
 
 
 def test_recording_rules_are_named_level_metric_operation(spec: dict[str, Any]) -> None:
@@ -225,6 +303,8 @@ def test_the_dashboard_picks_its_data_source_and_model(dashboard: dict[str, Any]
         "Error ratio",
         "Errors by code",
         "Request latency",
+        "Queue wait",
+        "Images and batch size",
         "Ready replicas",
         "Model version served",
         "Confidence distribution",
@@ -234,6 +314,9 @@ def test_the_dashboard_picks_its_data_source_and_model(dashboard: dict[str, Any]
         "Accuracy",
         "Epochs completed",
     } <= titles
+    exprs = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in panels}
+    assert "raysight_queue_wait_seconds" in exprs["Queue wait"]
+    assert "raysight_batch_size" in exprs["Images and batch size"]
     for panel in panels:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel
         assert panel.get("description"), panel["title"]
