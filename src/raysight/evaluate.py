@@ -9,9 +9,9 @@ import numpy as np
 
 from raysight.checkpoint import Manifest
 from raysight.data import imagefolder, load_arrays
-from raysight.data.fs import read_bytes
 from raysight.engine import Engine
 from raysight.errors import ConfigError, DataError
+from raysight.storage import read_bytes
 
 
 @dataclass(frozen=True)

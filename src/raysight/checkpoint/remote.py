@@ -18,10 +18,10 @@ from pathlib import Path
 import pyarrow.fs
 import torch
 
+from raysight import storage
 from raysight.checkpoint.files import sha256_file
 from raysight.checkpoint.manifest import Manifest
 from raysight.checkpoint.store import MANIFEST_FILE, check_replaceable, save_checkpoint
-from raysight.data import fs
 from raysight.errors import CheckpointError, DataError
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def manifest_sha256(location: str | Path) -> str:
         CheckpointError: the manifest cannot be read.
     """
     text = str(location)
-    if not fs.is_uri(text):
+    if not storage.is_uri(text):
         return sha256_file(Path(text) / MANIFEST_FILE)
     filesystem, path = _resolve(text)
     try:
@@ -115,7 +115,7 @@ def manifest_sha256(location: str | Path) -> str:
 
 def _resolve(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
     try:
-        return fs.resolve(location)
+        return storage.resolve(location)
     except DataError as error:
         raise CheckpointError(
             f"{error}; a checkpoint goes to a local directory or an s3:// or gs:// URI"

@@ -30,9 +30,9 @@ from raysight.checkpoint.files import (
 )
 from raysight.checkpoint.manifest import Manifest, check_manifest
 from raysight.checkpoint.train_state import TrainState, decode_train_state, encode_train_state
-from raysight.data.fs import is_uri
 from raysight.errors import CheckpointError, ConfigError
 from raysight.models import build_model
+from raysight.storage import is_uri
 
 logger = logging.getLogger(__name__)
 

@@ -1,22 +1,21 @@
-"""Dataset readers behind one interface: uint8 NCHW images, int64 labels, class names."""
+"""Dataset readers behind one interface: uint8 NCHW images, int64 labels, class names.
+
+The readers are imported when a split is loaded, not with the package: serving imports
+`raysight.data.transforms` (the normalisation the model was trained with) and nothing that
+reads datasets.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from raysight.data import imagefolder
 from raysight.data.base import ArrayDataset, class_frequencies
-from raysight.data.cifar import load_cifar10
-from raysight.data.digits import load_digits
-from raysight.data.idx import load_idx
-from raysight.data.imagefolder import ImageFolderIndex
 from raysight.errors import DataError
 
 __all__ = [
     "DATASETS",
     "NATURAL_IMAGES",
     "ArrayDataset",
-    "ImageFolderIndex",
     "class_frequencies",
     "load_arrays",
 ]
@@ -54,14 +53,22 @@ def load_arrays(
     if name not in DATASETS:
         raise DataError(f"{name}: unknown dataset; known datasets: {', '.join(DATASETS)}")
     if name == "digits":
+        from raysight.data.digits import load_digits
+
         return load_digits(split)
     if root is None:
         raise DataError(f"{name}: a data root (folder or URI) is required")
     if name in ("mnist", "fashion-mnist"):
+        from raysight.data.idx import load_idx
+
         return load_idx(root, split, name)
     if name == "cifar10":
+        from raysight.data.cifar import load_cifar10
+
         return load_cifar10(root, split)
     if image_size is None or channels is None:
         raise DataError(f"{name}: image_size and channels are required")
+    from raysight.data import imagefolder
+
     index = imagefolder.scan(root, split)
     return imagefolder.load_arrays(index, image_size, channels, name=name)

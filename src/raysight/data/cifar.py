@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from raysight.data import fs
+from raysight import storage
 from raysight.data.base import ArrayDataset, check_split
 from raysight.errors import DataError
 
@@ -55,7 +55,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _unpickle(path: str) -> dict[bytes, Any]:
     try:
-        obj = _RestrictedUnpickler(fs.read_bytes(path), path).load()
+        obj = _RestrictedUnpickler(storage.read_bytes(path), path).load()
     except DataError:
         raise
     except Exception as exc:
@@ -96,9 +96,9 @@ def _read_class_names(path: str) -> tuple[str, ...]:
 
 def _batch_folder(root: str) -> str:
     """`root` or its `cifar-10-batches-py/`, whichever holds the batches."""
-    entries = {fs.name_of(entry): is_dir for entry, is_dir in fs.list_dir(root)}
+    entries = {storage.name_of(entry): is_dir for entry, is_dir in storage.list_dir(root)}
     if entries.get(SUBFOLDER):
-        return fs.join(root, SUBFOLDER)
+        return storage.join(root, SUBFOLDER)
     if META in entries:
         return root
     raise DataError(_no_batches(root, entries))
@@ -109,15 +109,15 @@ def _no_batches(root: str, entries: dict[str, bool]) -> str:
     message = (
         f"{root}: no CIFAR-10 batches ({META}, data_batch_1..5, test_batch) here or in {SUBFOLDER}/"
     )
-    found = fs.find_below(root, lambda below: META in below)
+    found = storage.find_below(root, lambda below: META in below)
     if found is not None:
         return f"{message}; found them in {found}: set the data directory (--data-dir) to {found}"
     archives = [name for name, is_dir in entries.items() if not is_dir and name.endswith(".tar.gz")]
     if archives:
-        archive = fs.join(root, archives[0])
+        archive = storage.join(root, archives[0])
         return f"{message}; extract the archive first: tar -xzf {archive} -C {root}"
     if entries.get("train"):
-        train = fs.join(root, "train")
+        train = storage.join(root, "train")
         return f"{message}; {train} looks like an image folder: use --dataset imagefolder"
     return message
 
@@ -142,8 +142,8 @@ def load_cifar10(root: str, split: str) -> ArrayDataset:
     """
     check_split(split, "cifar10")
     folder = _batch_folder(root)
-    class_names = _read_class_names(fs.join(folder, META))
-    parts = [_read_batch(fs.join(folder, name)) for name in _batches(split)]
+    class_names = _read_class_names(storage.join(folder, META))
+    parts = [_read_batch(storage.join(folder, name)) for name in _batches(split)]
     images = np.concatenate([p[0] for p in parts])  # (N, 3, 32, 32), a fresh contiguous copy
     labels = np.concatenate([p[1] for p in parts])
     logger.info("loaded cifar10 %s: %d images from %s", split, len(labels), folder)

@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-from raysight.data import fs
+from raysight import storage
 from raysight.data.base import ArrayDataset, check_split
 from raysight.errors import DataError
 
@@ -74,7 +74,7 @@ def parse_idx(data: bytes, magic: int, source: str) -> np.ndarray:
 
 
 def _read_maybe_gzipped(path: str) -> bytes:
-    raw = fs.read_bytes(path)
+    raw = storage.read_bytes(path)
     if not path.endswith(".gz"):
         return raw
     try:
@@ -88,8 +88,8 @@ def _find(root: str, stem: str, present: set[str], dataset: str) -> str:
     names = (stem, f"{stem}.gz")
     for file_name in names:
         if file_name in present:
-            return fs.join(root, file_name)
-    found = fs.find_below(root, lambda entries: any(n in entries for n in names))
+            return storage.join(root, file_name)
+    found = storage.find_below(root, lambda entries: any(n in entries for n in names))
     if found is not None:
         raise DataError(
             f"{root}: no {stem}[.gz] here, but {found} holds it: "
@@ -119,7 +119,7 @@ def load_idx(root: str, split: str, name: str = "mnist") -> ArrayDataset:
         raise DataError(f"{name}: not an IDX dataset; expected one of {list(CLASS_NAMES)}")
     check_split(split, name)
     class_names = CLASS_NAMES[name]
-    present = {entry.rsplit("/", 1)[-1] for entry, is_dir in fs.list_dir(root) if not is_dir}
+    present = {entry.rsplit("/", 1)[-1] for entry, is_dir in storage.list_dir(root) if not is_dir}
     prefix = _PREFIX[split]
     images_path = _find(root, f"{prefix}-images-idx3-ubyte", present, name)
     labels_path = _find(root, f"{prefix}-labels-idx1-ubyte", present, name)

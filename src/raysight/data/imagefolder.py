@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from raysight import imaging
-from raysight.data import fs
+from raysight import imaging, storage
 from raysight.data.base import ArrayDataset
 from raysight.errors import DataError
 
@@ -59,7 +58,7 @@ class ImageFolderIndex:
 
 
 def _is_image(entry: str) -> bool:
-    return posixpath.splitext(fs.name_of(entry))[1].lower() in IMAGE_EXTENSIONS
+    return posixpath.splitext(storage.name_of(entry))[1].lower() in IMAGE_EXTENSIONS
 
 
 def scan(root: str, split: str) -> ImageFolderIndex:
@@ -79,13 +78,15 @@ def scan(root: str, split: str) -> ImageFolderIndex:
             holds no images. The message names the folder, and for a root one level too
             high or too low, or class folders outside a split, the fix.
     """
-    split_dir = fs.join(root, split)
+    split_dir = storage.join(root, split)
     try:
-        split_entries = fs.list_dir(split_dir)
+        split_entries = storage.list_dir(split_dir)
     except DataError as exc:
         raise DataError(_wrong_root(root, split, exc)) from exc
     class_dirs = [
-        entry for entry, is_dir in split_entries if is_dir and not fs.name_of(entry).startswith(".")
+        entry
+        for entry, is_dir in split_entries
+        if is_dir and not storage.name_of(entry).startswith(".")
     ]
     if not class_dirs:
         loose = sum(1 for entry, is_dir in split_entries if not is_dir and _is_image(entry))
@@ -96,8 +97,8 @@ def scan(root: str, split: str) -> ImageFolderIndex:
     for label, class_dir in enumerate(class_dirs):
         files = [
             entry
-            for entry, is_dir in fs.list_dir(class_dir)
-            if not is_dir and not fs.name_of(entry).startswith(".") and _is_image(entry)
+            for entry, is_dir in storage.list_dir(class_dir)
+            if not is_dir and not storage.name_of(entry).startswith(".") and _is_image(entry)
         ]
         if not files:
             raise DataError(f"{class_dir}: no .jpg, .jpeg or .png images")
@@ -109,21 +110,21 @@ def scan(root: str, split: str) -> ImageFolderIndex:
         split=split,
         paths=tuple(paths),
         labels=tuple(labels),
-        class_names=tuple(fs.name_of(d) for d in class_dirs),
+        class_names=tuple(storage.name_of(d) for d in class_dirs),
     )
 
 
 def _wrong_root(root: str, split: str, missing: DataError) -> str:
     """Why `root` has no readable `split` folder, worded as the fix where it can be seen."""
-    entries = fs.list_dir(root)  # a missing root raises here, naming the root
-    expected = f"expected {fs.join(root, split)}/<class>/*.jpg"
+    entries = storage.list_dir(root)  # a missing root raises here, naming the root
+    expected = f"expected {storage.join(root, split)}/<class>/*.jpg"
     hint = _misplaced(root, split, entries, expected)
     if hint is not None:
         return hint
-    found = fs.find_below(root, lambda below: below.get(split) is True)
+    found = storage.find_below(root, lambda below: below.get(split) is True)
     if found is not None:
         return (
-            f"{expected}; found {fs.join(found, split)}: "
+            f"{expected}; found {storage.join(found, split)}: "
             f"set the data directory (--data-dir) to {found}"
         )
     return f"{expected}; {missing}"
@@ -132,11 +133,11 @@ def _wrong_root(root: str, split: str, missing: DataError) -> str:
 def _misplaced(root: str, split: str, entries: list[tuple[str, bool]], expected: str) -> str | None:
     """The fix when `root`'s own entries show what went wrong, else None."""
     folders = [
-        entry for entry, is_dir in entries if is_dir and not fs.name_of(entry).startswith(".")
+        entry for entry, is_dir in entries if is_dir and not storage.name_of(entry).startswith(".")
     ]
-    names = [fs.name_of(entry) for entry in folders]
-    train, test = fs.join(root, "train"), fs.join(root, "test")
-    if fs.name_of(root) in _SPLIT_NAMES and folders:
+    names = [storage.name_of(entry) for entry in folders]
+    train, test = storage.join(root, "train"), storage.join(root, "test")
+    if storage.name_of(root) in _SPLIT_NAMES and folders:
         parent = posixpath.dirname(root.rstrip("/"))
         return (
             f"{root} looks like a split folder itself, not the dataset's root: "
@@ -157,14 +158,14 @@ def _misplaced(root: str, split: str, entries: list[tuple[str, bool]], expected:
     if loose:
         return (
             f"{expected}; found {loose} images directly under {root} and no class folders: "
-            f"sort them into {fs.join(root, split)}/<class>/"
+            f"sort them into {storage.join(root, split)}/<class>/"
         )
     return None
 
 
 def _holds_images(folder: str) -> bool:
     try:
-        return any(not is_dir and _is_image(entry) for entry, is_dir in fs.list_dir(folder))
+        return any(not is_dir and _is_image(entry) for entry, is_dir in storage.list_dir(folder))
     except DataError:
         return False
 
@@ -232,7 +233,7 @@ def image_size_of(path: str) -> tuple[int, int]:
     Raises:
         DataError: If the file cannot be read or is not a JPEG, PNG or WebP image.
     """
-    with _open(fs.read_bytes(path), path) as opened:
+    with _open(storage.read_bytes(path), path) as opened:
         width, height = opened.size
     return height, width
 
@@ -240,7 +241,7 @@ def image_size_of(path: str) -> tuple[int, int]:
 def _decode_files(paths: Sequence[str], size: tuple[int, int], channels: int) -> np.ndarray:
     images = np.empty((len(paths), channels, *size), dtype=np.uint8)  # (N, C, H, W)
     for i, path in enumerate(paths):
-        images[i] = decode_image(fs.read_bytes(path), size, channels, path)
+        images[i] = decode_image(storage.read_bytes(path), size, channels, path)
     return images
 
 

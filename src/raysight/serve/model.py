@@ -13,10 +13,10 @@ import pyarrow.fs
 from raysight.checkpoint import load_checkpoint
 from raysight.checkpoint.signing import SIGNATURE_FILE, verify_signature
 from raysight.cluster import staging_dir
-from raysight.data.fs import resolve
 from raysight.engine import Engine
 from raysight.errors import CheckpointError
 from raysight.serve.settings import CheckpointTrust
+from raysight.storage import resolve
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Paths that may be local or on an object store (s3://, gs://), through pyarrow.fs."""
+"""Paths that may be local or on an object store (s3://, gs://), through pyarrow.fs: where
+datasets are read and checkpoints are read and published, so that neither imports the other."""
 
 from __future__ import annotations
 
