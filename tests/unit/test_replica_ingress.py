@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import Mock
 
+import grpc
 import pytest
 
-from raysight.serve import boundary, grpc_services
+from raysight.serve import boundary, grpc_services, replica_ingress
+from raysight.serve.errors import INTERNAL_MESSAGE
 from raysight.serve.replica_ingress import Gate
 from raysight.serve.settings import SAME_LOOP_ENV
 
@@ -103,3 +107,102 @@ def test_a_cancel_at_the_deadline_counts_as_the_deadlines(
     remaining: float | None, code: str
 ) -> None:
     assert boundary._dropped_status(_Context(remaining)).label == code
+
+
+class _AbortError(Exception):
+    """What grpc.aio's context.abort raises, here with the status it was given."""
+
+
+class _AbortingContext:
+    def __init__(self) -> None:
+        self.status: tuple[grpc.StatusCode, str] | None = None
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.status = (code, details)
+        raise _AbortError(details)
+
+
+class _Deployment:
+    """Stands in for the InferenceServer: its boundary only counts."""
+
+    def __init__(self) -> None:
+        self.counted: list[tuple[str, str]] = []
+        self.boundary = SimpleNamespace(
+            count=lambda method, status, started: self.counted.append((method, status.label))
+        )
+
+
+@pytest.fixture
+def deployment(monkeypatch: pytest.MonkeyPatch) -> _Deployment:
+    live = _Deployment()
+    monkeypatch.setattr(replica_ingress, "_deployment", lambda: live)
+    monkeypatch.setattr(replica_ingress, "deployment_limit", lambda: 1)
+    monkeypatch.setattr(replica_ingress, "GATE", Gate(lambda: 1))
+    return live
+
+
+def test_a_full_replica_refuses_with_resource_exhausted_and_counts_it(
+    deployment: _Deployment,
+) -> None:
+    async def main() -> None:
+        started = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow(_: Any) -> str:
+            started.set()
+            await release.wait()
+            return "answer"
+
+        first = asyncio.create_task(replica_ingress._unary("ModelInfer", _AbortingContext(), slow))
+        await started.wait()
+        context = _AbortingContext()
+        with pytest.raises(_AbortError):
+            await replica_ingress._unary("ModelInfer", context, slow)
+        assert context.status is not None
+        assert context.status[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "retry" in context.status[1]
+        release.set()
+        assert await first == "answer"
+        assert replica_ingress.GATE.in_flight == 0
+
+    asyncio.run(main())
+    assert deployment.counted == [("ModelInfer", "RESOURCE_EXHAUSTED")]
+
+
+def test_an_unexpected_error_is_internal_without_details_and_frees_its_place(
+    deployment: _Deployment,
+) -> None:
+    async def broken(_: Any) -> str:
+        raise RuntimeError("/secret/path in a traceback")
+
+    context = _AbortingContext()
+    with pytest.raises(_AbortError):
+        asyncio.run(replica_ingress._unary("ModelInfer", context, broken))
+    assert context.status == (grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    assert replica_ingress.GATE.in_flight == 0
+
+
+def test_a_stream_holds_one_place_until_it_ends(deployment: _Deployment) -> None:
+    async def answers(_: Any) -> AsyncIterator[int]:
+        for n in range(3):
+            assert replica_ingress.GATE.in_flight == 1
+            yield n
+
+    async def main() -> list[int]:
+        stream = replica_ingress._stream("ModelStreamInfer", _AbortingContext(), answers)
+        return [n async for n in stream]
+
+    assert asyncio.run(main()) == [0, 1, 2]
+    assert replica_ingress.GATE.in_flight == 0
+
+
+def test_nothing_is_answered_while_the_deployment_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replica_ingress, "_deployment", lambda: None)
+    context = _AbortingContext()
+
+    async def never(_: Any) -> str:
+        raise AssertionError("called without a deployment")
+
+    with pytest.raises(_AbortError):
+        asyncio.run(replica_ingress._unary("ModelInfer", context, never))
+    assert context.status is not None and context.status[0] == grpc.StatusCode.UNAVAILABLE

@@ -97,7 +97,12 @@ def _refusal(limit: int | None) -> Status:
 _LOADING = "model is loading; retry shortly"
 
 
-async def _unary(method: str, context: Context, call: Call[T]) -> T:
+async def _admit(method: str, context: Context) -> Any:
+    """The deployment, with a place at the gate taken for this RPC (the caller leaves it).
+
+    Aborts the RPC with UNAVAILABLE while the deployment is not constructed yet, and with
+    RESOURCE_EXHAUSTED (counted) when the replica holds its limit of requests.
+    """
     deployment = _deployment()
     if deployment is None:
         await context.abort(grpc.StatusCode.UNAVAILABLE, _LOADING)
@@ -105,6 +110,11 @@ async def _unary(method: str, context: Context, call: Call[T]) -> T:
         refusal = _refusal(deployment_limit())
         deployment.boundary.count(method, refusal, time.perf_counter())
         await context.abort(refusal.code, refusal.details)
+    return deployment
+
+
+async def _unary(method: str, context: Context, call: Call[T]) -> T:
+    deployment = await _admit(method, context)
     try:
         return await call(deployment)
     except Exception:  # the deployment's boundary answers its own; anything else ends here
@@ -118,13 +128,7 @@ async def _unary(method: str, context: Context, call: Call[T]) -> T:
 async def _stream(
     method: str, context: Context, call: Callable[[Any], AsyncIterator[T]]
 ) -> AsyncIterator[T]:
-    deployment = _deployment()
-    if deployment is None:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, _LOADING)
-    if not GATE.enter():
-        refusal = _refusal(deployment_limit())
-        deployment.boundary.count(method, refusal, time.perf_counter())
-        await context.abort(refusal.code, refusal.details)
+    deployment = await _admit(method, context)
     try:
         async for response in call(deployment):
             yield response
