@@ -3,10 +3,13 @@ health, reflection, errors, a checkpoint swap under traffic, and the metrics end
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -326,6 +329,7 @@ def test_checkpoint_swap_under_traffic_loses_no_request(served: Served, tmp_path
     client = served.triton()
     failures: list[BaseException] = []
     versions: set[str] = set()
+    answered: Counter[str] = Counter()  # by the version that answered
     stop = threading.Event()
 
     def traffic() -> None:
@@ -336,6 +340,7 @@ def test_checkpoint_swap_under_traffic_loses_no_request(served: Served, tmp_path
                 tensor.set_data_from_numpy(images)
                 reply = own.infer(MODEL, [tensor], client_timeout=30)
                 versions.add(reply.get_response().model_version)
+                answered[reply.get_response().model_version] += 1
             except BaseException as exc:
                 failures.append(exc)
 
@@ -358,6 +363,9 @@ def test_checkpoint_swap_under_traffic_loses_no_request(served: Served, tmp_path
         stop.set()
         for sender in senders:
             sender.join()
+    if out := os.environ.get("RAYSIGHT_RELIABILITY_OUT"):  # the figures of docs/reliability.md
+        figures = {"answered_by_version": dict(answered), "failed": len(failures)}
+        Path(out).write_text(json.dumps(figures, indent=2))
     assert not failures, failures[:3]
     assert {served.version, new} <= versions
     assert client.get_model_metadata(MODEL).versions == [new]
