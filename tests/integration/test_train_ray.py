@@ -156,14 +156,25 @@ def test_killed_worker_resumes_from_last_checkpoint(
         args=(storage / "resume", killed, ray_cluster.dashboard_url),
     )
     killer.start()
+    started = time.monotonic()
     outcome = train(cfg)
     killer.join()
+    accuracy = verify_checkpoint(outcome.checkpoint).metrics["test_accuracy"]
+    if out := os.environ.get("RAYSIGHT_RELIABILITY_OUT"):  # the figures of docs/reliability.md
+        figures = {
+            "epochs": cfg.epochs,
+            "workers_killed": len(killed),
+            "resumed_from_epoch": outcome.last_report["resumed_from_epoch"],
+            "test_accuracy": accuracy,
+            "wall_s": round(time.monotonic() - started, 1),
+        }
+        Path(out).write_text(json.dumps(figures, indent=2))
 
     assert killed, "no worker was alive to kill"
     # The restarted group loaded a checkpoint instead of starting over, then finished.
     assert outcome.last_report["resumed_from_epoch"] >= 1
     assert outcome.last_report["epoch"] == cfg.epochs
-    assert verify_checkpoint(outcome.checkpoint).metrics["test_accuracy"] > 0.85
+    assert accuracy > 0.85
 
 
 def test_real_mnist_one_epoch_reaches_98_percent(
