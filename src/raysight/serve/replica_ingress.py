@@ -3,8 +3,8 @@
 In the HAProxy ingress mode each replica runs the gRPC server that HAProxy forwards to, and
 Serve registers every service there as a router into its own request path: per request it
 builds request metadata, takes a slot, sets a request context, records its metrics and
-hands the call to the user-code event loop. Profiled on 2 cores, that path cost a replica
-more CPU per request than the codec and the forward pass together (docs/benchmarks.md). A
+hands the call to the user-code event loop. Profiled on 2 cores, that path took about as
+much CPU per request on the replica's main loop as the forward pass did (docs/benchmarks.md). A
 passthrough service is answered by its handlers directly; the servicers here call the
 deployment's own methods, so the batcher, the error boundary and raysight's metrics are
 the same on both paths.
