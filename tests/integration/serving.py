@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -17,6 +19,7 @@ from raysight.checkpoint import Manifest, Preprocessing, save_checkpoint
 from raysight.data import load_arrays
 from raysight.data.transforms import channel_stats
 from raysight.models import build_model, resolve_kwargs
+from raysight.serve.runner import APP_NAME
 from raysight.train.feeds import ArrayFeed
 from raysight.train.step import Preparation, Stepper, build_optimizer
 
@@ -128,3 +131,42 @@ def stop_serve(dashboard_url: str, timeout: float = 120) -> None:
     while runner.serve_running(client.get_serve_details()):
         assert time.monotonic() < deadline, f"Serve did not shut down within {timeout:.0f}s"
         time.sleep(1)
+
+
+def haproxy_routes_directly(
+    dashboard_url: str, stats_port: int = 8404, timeout: float = 60
+) -> float:
+    """Wait until HAProxy sends raysight's gRPC straight to the running replicas, each up and
+    none other; returns the seconds waited.
+
+    After a deployment update HAProxy routes through Serve's proxy (its backup server) until
+    the new replicas pass HAProxy's health check, and its stats may still list the old ones
+    for a moment; a long stream opened in that window stays on the proxy path for its life.
+    """
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    client = ServeSubmissionClient(dashboard_url)
+    backend = f"grpc-{APP_NAME}"  # Serve names a gRPC backend <protocol>-<application>
+    start = time.monotonic()
+    while True:
+        deployments = client.get_serve_details()["applications"][APP_NAME]["deployments"]
+        running = {
+            replica["replica_id"]
+            for deployment in deployments.values()
+            for replica in deployment["replicas"]
+            if replica["state"] == "RUNNING"
+        }
+        url = f"http://127.0.0.1:{stats_port}/stats;csv"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            rows = list(csv.DictReader(reply.read().decode().lstrip("# ").splitlines()))
+        # Server names end with the replica's id; the backup (Serve's proxy) is bck=1.
+        direct = {
+            row["svname"]: row["status"]
+            for row in rows
+            if row["pxname"] == backend and row["svname"] != "BACKEND" and row["bck"] == "0"
+        }
+        ids = {name.rsplit("-", 1)[-1] for name in direct}
+        if running and ids == running and all(s == "UP" for s in direct.values()):
+            return time.monotonic() - start
+        assert time.monotonic() < start + timeout, f"replicas {running}, HAProxy {direct}"
+        time.sleep(0.5)

@@ -31,7 +31,13 @@ from raysight.engine import Engine
 from raysight.serve import runner
 from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, ServeSettings
 from tests.conftest import INGRESS, RayCluster, free_port, scrape_metrics
-from tests.integration.serving import digits_checkpoint, png, stop_serve, untrained_checkpoint
+from tests.integration.serving import (
+    digits_checkpoint,
+    haproxy_routes_directly,
+    png,
+    stop_serve,
+    untrained_checkpoint,
+)
 from tests.keys import key_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -511,10 +517,12 @@ def test_overload_is_resource_exhausted_and_passes(served: Served) -> None:
 
 
 @pytest.mark.skipif(INGRESS != "haproxy", reason="the classic proxy routes health to replicas")
-def test_health_watchers_hold_no_request_slots(served: Served) -> None:
+def test_health_watchers_hold_no_request_slots(served: Served, ray_cluster: RayCluster) -> None:
     """With room for one running and one queued request, three open Watch streams must
     leave both free: requests still pass, one after another."""
     served.swap(served.checkpoints[0], max_ongoing_requests=1, max_queued_requests=1)
+    # A Watch opened while HAProxy still routes through Serve's proxy would hold a slot.
+    haproxy_routes_directly(ray_cluster.dashboard_url)
     stub = health_pb2_grpc.HealthStub(served.channel())
     watchers = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=60) for _ in range(3)]
     images, _ = _test_images(2)
