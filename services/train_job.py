@@ -49,7 +49,7 @@ def main() -> int:
                 "checkpoint": str(outcome.checkpoint),
                 # Serving's checkpoint_sha256 pins exactly this checkpoint.
                 "manifest_sha256": manifest_sha256(outcome.checkpoint),
-                "test_accuracy": outcome.test.accuracy,
+                f"{outcome.final_label}_accuracy": outcome.test.accuracy,
                 "epoch": outcome.manifest.epoch,
                 "run_path": outcome.run_path,
             }

@@ -123,9 +123,14 @@ def _train(args: argparse.Namespace) -> int:
     )
     print(
         f"epoch {outcome.manifest.epoch}: val accuracy {metrics['val_accuracy']:.4f}, "
-        f"test accuracy {outcome.test.accuracy:.4f} ({outcome.test.samples} images)"
+        f"{outcome.final_label} accuracy {outcome.test.accuracy:.4f} "
+        f"({outcome.test.samples} images{_final_note(outcome.final_split)})"
     )
     return 0
+
+
+def _final_note(split: str) -> str:
+    return "" if split == "test" else f" in {split}/: no test folder"
 
 
 def _evaluate(args: argparse.Namespace) -> int:

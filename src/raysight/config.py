@@ -19,6 +19,7 @@ import yaml
 from raysight.errors import ConfigError
 
 Augment = Literal["auto", "none", "crop", "crop_flip"]
+ImageCache = Literal["auto", "memory", "stream"]
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["onecycle", "cosine", "constant"]
 _T = TypeVar("_T")
@@ -73,11 +74,21 @@ class TrainConfig:
         default=3,
         metadata=doc("1 (grey) or 3 (RGB) for imagefolder images; others carry their own."),
     )
+    image_cache: ImageCache = field(
+        default="auto",
+        metadata=doc(
+            "imagefolder: memory decodes every image once, in parallel, into Ray's object "
+            "store and feeds every epoch from it; stream decodes in Ray Data tasks every "
+            "epoch (folders larger than memory); auto: memory when the decoded images fit in "
+            "a quarter of the object store."
+        ),
+    )
     val_fraction: float = field(
         default=0.1,
         metadata=doc(
-            "Share of the training split held out to pick the best checkpoint; the test split "
-            "is only used once, for the final evaluation."
+            "Share of the training split held out to pick the best checkpoint, unless an "
+            "image folder has a validation/ (or val/) folder; the test split is only used "
+            "once, for the final evaluation."
         ),
     )
     limit_train: int = field(

@@ -15,7 +15,7 @@ from raysight.config import TrainConfig
 from raysight.data import class_frequencies, load_arrays
 from raysight.errors import DataError
 from raysight.models import build_model, resolve_kwargs
-from raysight.train import loop, trainer
+from raysight.train import data_prep, loop, trainer
 from raysight.train.epoch import EpochStats
 from raysight.train.step import Preparation, build_optimizer
 from tests.builders import encode_image, idx_bytes, write_cifar10
@@ -61,7 +61,7 @@ def test_labels_that_cannot_be_counted_are_refused(labels: np.ndarray, words: st
 # --- every dataset kind, on the training split after the hold-out ---------------------
 
 
-def _check_train_split(prepared: trainer.PreparedData, full_split_rows: int) -> None:
+def _check_train_split(prepared: data_prep.PreparedData, full_split_rows: int) -> None:
     """The frequencies are those of the rows trained on, not of the whole split."""
     if prepared.arrays is not None:
         train_labels: Any = prepared.arrays["train"].labels
@@ -76,14 +76,14 @@ def _check_train_split(prepared: trainer.PreparedData, full_split_rows: int) -> 
 
 
 def test_digits_count_the_training_rows_left_after_validation() -> None:
-    prepared = trainer.prepare_data(TrainConfig(dataset="digits", val_fraction=0.25))
+    prepared = data_prep.prepare_data(TrainConfig(dataset="digits", val_fraction=0.25))
     _check_train_split(prepared, full_split_rows=1438)  # 1,797 digits less the 20 % test
     assert len(prepared.class_frequencies) == 10
     assert all(0.05 < f < 0.15 for f in prepared.class_frequencies)  # digits are balanced
 
 
 def test_limit_train_counts_only_the_rows_kept() -> None:
-    prepared = trainer.prepare_data(TrainConfig(dataset="digits", limit_train=40, val_fraction=0))
+    prepared = data_prep.prepare_data(TrainConfig(dataset="digits", limit_train=40, val_fraction=0))
     expected = _bincount_fractions(load_arrays("digits", None, "train").labels[:40], 10)
     assert prepared.class_frequencies == pytest.approx(expected, abs=1e-15)
 
@@ -102,7 +102,7 @@ def test_mnist_without_hold_out_counts_every_training_label(tmp_path: Path) -> N
     labels = np.array([7] * 6 + [1] * 3 + [0])  # 10 images: 60 % sevens, 30 % ones, 10 % zeros
     root = _write_mnist(tmp_path / "mnist", labels)
     cfg = TrainConfig(dataset="mnist", data_dir=str(root), val_fraction=0)
-    frequencies = trainer.prepare_data(cfg).class_frequencies
+    frequencies = data_prep.prepare_data(cfg).class_frequencies
     assert frequencies == pytest.approx((0.1, 0.3, 0, 0, 0, 0, 0, 0.6, 0, 0), abs=1e-15)
 
 
@@ -110,19 +110,19 @@ def test_mnist_with_hold_out_counts_the_training_rows(tmp_path: Path) -> None:
     labels = np.random.default_rng(1).integers(0, 10, size=50)
     root = _write_mnist(tmp_path / "mnist", labels)
     cfg = TrainConfig(dataset="mnist", data_dir=str(root), val_fraction=0.2)
-    _check_train_split(trainer.prepare_data(cfg), full_split_rows=50)
+    _check_train_split(data_prep.prepare_data(cfg), full_split_rows=50)
 
 
 def test_cifar10_counts_the_training_batches(tmp_path: Path) -> None:
     batches = {f"data_batch_{i}": [i, i, 0] for i in range(1, 6)}  # 15 images: 5 of class 0
     root = write_cifar10(tmp_path / "cifar", {**batches, "test_batch": [0, 1]})
     cfg = TrainConfig(dataset="cifar10", data_dir=str(root), val_fraction=0)
-    prepared = trainer.prepare_data(cfg)
+    prepared = data_prep.prepare_data(cfg)
     assert prepared.class_names[:2] == ("class0", "class1")
     third, fifteenth = 1 / 3, 2 / 15  # class 0 in every batch, classes 1..5 twice each
     expected = (third, *[fifteenth] * 5, 0, 0, 0, 0)
     assert prepared.class_frequencies == pytest.approx(expected, abs=1e-15)
-    held_out = trainer.prepare_data(dataclasses.replace(cfg, val_fraction=0.2))
+    held_out = data_prep.prepare_data(dataclasses.replace(cfg, val_fraction=0.2))
     _check_train_split(held_out, full_split_rows=15)
 
 
@@ -140,7 +140,7 @@ def _image_folder(root: Path, counts: dict[str, int]) -> Path:
 def test_image_folder_counts_its_index_without_hold_out(tmp_path: Path) -> None:
     root = _image_folder(tmp_path, {"cat": 6, "dog": 2})
     cfg = TrainConfig(dataset="imagefolder", data_dir=str(root), image_size=(4, 4), val_fraction=0)
-    prepared = trainer.prepare_data(cfg)
+    prepared = data_prep.prepare_data(cfg)
     assert prepared.class_names == ("cat", "dog")
     assert prepared.class_frequencies == (0.75, 0.25)
 
@@ -150,7 +150,7 @@ def test_image_folder_counts_the_rows_left_after_validation(tmp_path: Path) -> N
     cfg = TrainConfig(
         dataset="imagefolder", data_dir=str(root), image_size=(4, 4), val_fraction=0.25
     )
-    _check_train_split(trainer.prepare_data(cfg), full_split_rows=16)
+    _check_train_split(data_prep.prepare_data(cfg), full_split_rows=16)
 
 
 # --- from the driver to the manifest --------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raysight.data import load_arrays
+from raysight.data import imagefolder, load_arrays
 from raysight.data.imagefolder import decode_image, image_size_of, scan, to_ray_dataset
 from raysight.data.imagefolder import load_arrays as load_folder_arrays
 from raysight.errors import DataError
@@ -120,12 +120,50 @@ def test_a_dataset_one_level_down_is_pointed_at(tmp_path: Path) -> None:
     )
 
 
-def test_a_missing_test_split_is_named(tmp_path: Path) -> None:
+def test_a_missing_split_names_the_folders_there(tmp_path: Path) -> None:
     _classes(tmp_path / "train")
+    (tmp_path / "val").mkdir()
     assert _layout_error(tmp_path, "test") == (
-        f"expected {tmp_path}/test/<class>/*.jpg: the test images score the best checkpoint; "
-        f"found only train under {tmp_path}: add {tmp_path}/test/<class>/ images"
+        f"expected {tmp_path}/test/<class>/*.jpg; found train, val under {tmp_path}"
     )
+
+
+def test_a_folder_with_only_a_training_split_is_told_the_layouts(tmp_path: Path) -> None:
+    _classes(tmp_path / "train")
+    with pytest.raises(DataError) as caught:
+        imagefolder.find_layout(str(tmp_path))
+    assert str(caught.value) == (
+        f"{tmp_path}: found train/ only; expected train/ + validation/ (or val/), train/ + "
+        "test/, or all three: a validation folder picks the best checkpoint, a test folder "
+        f"scores it: add {tmp_path}/test/<class>/ images or a validation folder"
+    )
+
+
+@pytest.mark.parametrize(
+    ("folders", "layout"),
+    [
+        (("train", "validation", "test"), ("train", "validation", "test")),
+        (("train", "val"), ("train", "val", None)),
+        (("train", "valid", ".cache"), ("train", "valid", None)),
+        (("train", "test"), ("train", None, "test")),
+    ],
+)
+def test_the_accepted_layouts_are_found(
+    tmp_path: Path, folders: tuple[str, ...], layout: tuple[str | None, ...]
+) -> None:
+    for name in folders:
+        (tmp_path / name).mkdir()
+    found = imagefolder.find_layout(str(tmp_path))
+    assert (found.train, found.validation, found.test) == layout
+    assert found.final == (layout[2] or layout[1])
+
+
+def test_a_root_without_train_gets_the_scan_s_advice(tmp_path: Path) -> None:
+    _classes(tmp_path / "jpeg" / "train")
+    with pytest.raises(
+        DataError, match=f"set the data directory \\(--data-dir\\) to {tmp_path}/jpeg"
+    ):
+        imagefolder.find_layout(str(tmp_path))
 
 
 def test_an_empty_root_names_what_is_missing(tmp_path: Path) -> None:

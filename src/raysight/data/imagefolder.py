@@ -57,6 +57,70 @@ class ImageFolderIndex:
     class_names: tuple[str, ...]
 
 
+# Folder names of a validation split, in the order looked for: the book's, then the
+# common abbreviations.
+VALIDATION_NAMES: tuple[str, ...] = ("validation", "val", "valid")
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """The split folders an image-folder dataset has under its root.
+
+    Attributes:
+        train: The training folder's name ("train").
+        validation: The folder that picks the best checkpoint, e.g. "validation"; None to
+            hold out a share of the training folder instead.
+        test: The folder that scores the best checkpoint once ("test"); None when absent,
+            and the final figure is then on the validation folder.
+    """
+
+    train: str
+    validation: str | None
+    test: str | None
+
+    @property
+    def final(self) -> str:
+        """The folder the final figure is measured on: test, else validation."""
+        final = self.test or self.validation
+        assert final is not None  # find_layout accepts no layout without either
+        return final
+
+    def describe(self) -> str:
+        """The layout as the folders' names, e.g. "train/ + validation/ + test/"."""
+        return " + ".join(f"{name}/" for name in (self.train, self.validation, self.test) if name)
+
+
+def find_layout(root: str) -> FolderLayout:
+    """Which of the accepted layouts `root` holds: train/ with validation/ (or val/,
+    valid/), test/, or both.
+
+    Raises:
+        DataError: If `root` has no train/ folder (the message says what it has instead and
+            the fix), or only train/, or more than one validation folder.
+    """
+    folders = {
+        storage.name_of(entry)
+        for entry, is_dir in storage.list_dir(root)
+        if is_dir and not storage.name_of(entry).startswith(".")
+    }
+    if "train" not in folders:
+        scan(root, "train")  # raises, naming what is wrong with the root and the fix
+    validation = [name for name in VALIDATION_NAMES if name in folders]
+    if len(validation) > 1:
+        raise DataError(
+            f"{root}: both {validation[0]}/ and {validation[1]}/; keep one validation folder"
+        )
+    test = "test" if "test" in folders else None
+    if not validation and test is None:
+        raise DataError(
+            f"{root}: found train/ only; expected train/ + validation/ (or val/), "
+            f"train/ + test/, or all three: a validation folder picks the best checkpoint, "
+            f"a test folder scores it: add {storage.join(root, 'test')}/<class>/ images or "
+            f"a validation folder"
+        )
+    return FolderLayout("train", validation[0] if validation else None, test)
+
+
 def _is_image(entry: str) -> bool:
     return posixpath.splitext(storage.name_of(entry))[1].lower() in IMAGE_EXTENSIONS
 
@@ -143,11 +207,8 @@ def _misplaced(root: str, split: str, entries: list[tuple[str, bool]], expected:
             f"{root} looks like a split folder itself, not the dataset's root: "
             f"set the data directory (--data-dir) to the folder above it, {parent}"
         )
-    if split == "test" and "train" in names:
-        return (
-            f"{expected}: the test images score the best checkpoint; "
-            f"found only {', '.join(names)} under {root}: add {test}/<class>/ images"
-        )
+    if split != "train" and "train" in names:
+        return f"{expected}; found {', '.join(sorted(names))} under {root}"
     if any(_holds_images(folder) for folder in folders[:_PEEK_FOLDERS]):
         shown = ", ".join(names[:_PEEK_FOLDERS]) + (", ..." if len(names) > _PEEK_FOLDERS else "")
         return (
@@ -238,7 +299,12 @@ def image_size_of(path: str) -> tuple[int, int]:
     return height, width
 
 
-def _decode_files(paths: Sequence[str], size: tuple[int, int], channels: int) -> np.ndarray:
+def decode_files(paths: Sequence[str], size: tuple[int, int], channels: int) -> np.ndarray:
+    """Read and decode image files into one (N, C, H, W) uint8 array, in order.
+
+    Raises:
+        DataError: If a file cannot be read or decoded; the message names it.
+    """
     images = np.empty((len(paths), channels, *size), dtype=np.uint8)  # (N, C, H, W)
     for i, path in enumerate(paths):
         images[i] = decode_image(storage.read_bytes(path), size, channels, path)
@@ -264,7 +330,7 @@ def load_arrays(
     """
     return ArrayDataset(
         name=name,
-        images=_decode_files(index.paths, size, channels),
+        images=decode_files(index.paths, size, channels),
         labels=np.asarray(index.labels, dtype=np.int64),
         class_names=index.class_names,
     )
@@ -275,12 +341,12 @@ def _decode_batch(
 ) -> dict[str, np.ndarray]:
     # The Ray Data mapper of to_ray_dataset. batch: "path" (B,) str, "label" (B,) ints.
     # Returns "image" (B, C, H, W) uint8 and "label" (B,) int64.
-    images = _decode_files([str(p) for p in batch["path"]], size, channels)
+    images = decode_files([str(p) for p in batch["path"]], size, channels)
     return {"image": images, "label": np.asarray(batch["label"], dtype=np.int64)}
 
 
 def to_ray_dataset(
-    index: ImageFolderIndex, size: tuple[int, int], channels: int
+    index: ImageFolderIndex, size: tuple[int, int], channels: int, shuffle_seed: int | None = None
 ) -> ray.data.Dataset:
     """Build a lazy, streaming Ray Dataset over an index.
 
@@ -291,6 +357,8 @@ def to_ray_dataset(
         index: From `scan`.
         size: Output (H, W) of every image.
         channels: 1 for grey, 3 for RGB.
+        shuffle_seed: For training: every epoch reads the rows in a fresh order drawn from
+            this seed. None keeps the index's order (evaluation).
 
     Returns:
         A dataset with columns "image" ((C, H, W) uint8 per row) and "label" (int64).
@@ -301,7 +369,14 @@ def to_ray_dataset(
     items = [
         {"path": p, "label": label} for p, label in zip(index.paths, index.labels, strict=True)
     ]
-    return ray.data.from_items(items).map_batches(
+    rows: ray.data.Dataset = ray.data.from_items(items)
+    if shuffle_seed is not None:
+        # The (path, label) rows are shuffled, not the pixels: cheap, and each execution
+        # (epoch) draws a fresh order of the whole set, reproducible from the seed.
+        rows = rows.random_shuffle(
+            seed=ray.data.RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True)
+        )
+    return rows.map_batches(
         functools.partial(_decode_batch, size=size, channels=channels),
         batch_size=_DECODE_BATCH_SIZE,
         batch_format="numpy",

@@ -17,34 +17,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchTrainer
 
 from raysight.checkpoint import (
     Manifest,
-    Preprocessing,
     check_destination,
     load_checkpoint,
     publish_checkpoint,
 )
 from raysight.config import TrainConfig
-from raysight.data import NATURAL_IMAGES, ArrayDataset, class_frequencies, load_arrays
-from raysight.data import imagefolder as imagefolder_data
-from raysight.data.transforms import channel_stats
+from raysight.data import NATURAL_IMAGES, ArrayDataset
 from raysight.engine import Engine
-from raysight.errors import CheckpointError, ConfigError, DataError, RaysightError
-from raysight.evaluate import Evaluation, dataset_batches, evaluate
+from raysight.errors import CheckpointError, ConfigError, RaysightError
+from raysight.evaluate import Evaluation, evaluate
 from raysight.models import build_model, resolve_kwargs
+from raysight.train.data_prep import (
+    PreparedData,
+    decode_once,
+    final_batches,
+    prepare_data,
+    ray_datasets,
+)
 from raysight.train.loop import WorkerPlan, train_loop_per_worker
 from raysight.train.progress import ProgressBoard, show_progress
 from raysight.train.step import Preparation
 
 logger = logging.getLogger(__name__)
-
-# Images decoded on the driver to estimate an image folder's channel mean/std.
-_STATS_SAMPLE = 512
 
 # Ray Train's controller takes each report off a one-slot queue only when it polls the
 # workers, every 2 s by default, and rank 0's next report waits until then. With short
@@ -60,26 +60,15 @@ class TrainOutcome:
 
     checkpoint: str  # the best checkpoint, with test metrics: a local directory or a URI
     manifest: Manifest
-    test: Evaluation
+    test: Evaluation  # the best checkpoint on `final_split`
     last_report: dict[str, Any]  # rank 0's final report (resumed_from_epoch > 0 after a restart)
     run_path: str  # Ray Train's storage folder for this run
+    final_split: str = "test"  # "test", or the validation folder of a folder without one
 
-
-@dataclass(frozen=True)
-class PreparedData:
-    """Data resolved on the driver, without Ray: either in-memory splits (`arrays`) or the
-    file indexes of an image folder (`indexes`), streamed through Ray Data once training
-    starts; never both."""
-
-    input_shape: tuple[int, int, int]
-    class_names: tuple[str, ...]
-    # Fraction of the training rows in each class, counted from the labels of the split
-    # actually trained on (after limit_train and the validation hold-out), for the manifest.
-    class_frequencies: tuple[float, ...]
-    preprocessing: Preprocessing
-    arrays: dict[str, ArrayDataset] | None
-    indexes: dict[str, imagefolder_data.ImageFolderIndex] | None
-    rows: dict[str, int]
+    @property
+    def final_label(self) -> str:
+        """How the final figure is named: "test", or "validation" without a test split."""
+        return "test" if self.final_split == "test" else "validation"
 
 
 @dataclass(frozen=True)
@@ -128,7 +117,7 @@ def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome
     """
     run_name = cfg.run_name or f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     prepared = prepared or prepare(cfg)
-    data, model_kwargs = prepared.data, prepared.model_kwargs
+    data, model_kwargs = decode_once(cfg, prepared.data), prepared.model_kwargs
     cpus = cfg.cpus_per_worker or _even_share_of_cpus(
         cfg.workers, streaming=data.indexes is not None
     )
@@ -174,7 +163,7 @@ def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome
                 checkpoint_score_order="max",
             ),
         ),
-        datasets=_ray_datasets(data),
+        datasets=ray_datasets(data, cfg.seed),
     )
     logger.info(
         "training %s on %s: %d worker(s) x %g CPU%s, %d epochs, run %s",
@@ -203,20 +192,26 @@ def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome
     with best.as_directory() as directory:
         loaded = load_checkpoint(directory)
     engine = Engine(loaded)
-    test = evaluate(engine, dataset_batches(cfg.dataset, cfg.data_dir, "test", loaded.manifest))
+    split = data.final_split
+    test = evaluate(engine, final_batches(cfg, data, loaded.manifest))
     logger.info(
-        "best checkpoint: epoch %d, val_acc %.4f; test accuracy %.4f on %d images",
+        "best checkpoint: epoch %d, val_acc %.4f; %s accuracy %.4f on %d images",
         loaded.manifest.epoch,
         loaded.manifest.metrics["val_accuracy"],
+        split,
         test.accuracy,
         test.samples,
     )
-    final = dataclasses.replace(
-        loaded.manifest,
-        metrics={**loaded.manifest.metrics, "test_accuracy": test.accuracy, "test_loss": test.loss},
-    )
+    metrics = dict(loaded.manifest.metrics)
+    if split == "test":
+        metrics.update(test_accuracy=test.accuracy, test_loss=test.loss)
+    # Without a test split the final pass re-measures the validation images, which the
+    # manifest's val_* already hold: no figure is recorded under a name it has not earned.
+    final = dataclasses.replace(loaded.manifest, metrics=metrics)
     location = publish_checkpoint(cfg.output, state_dict=loaded.state_dict, manifest=final)
-    return TrainOutcome(location, final, test, dict(result.metrics or {}), str(result.path))
+    return TrainOutcome(
+        location, final, test, dict(result.metrics or {}), str(result.path), final_split=split
+    )
 
 
 def _check_output(output: str) -> None:
@@ -225,125 +220,6 @@ def _check_output(output: str) -> None:
         check_destination(output)
     except CheckpointError as exc:
         raise ConfigError(f"output: {exc}") from exc
-
-
-def prepare_data(cfg: TrainConfig) -> PreparedData:
-    """Load or index the training data, hold out validation, and measure mean/std."""
-    if cfg.dataset == "imagefolder":
-        return _prepare_imagefolder(cfg, _data_dir(cfg))
-    data_dir = None if cfg.dataset == "digits" else _data_dir(cfg)  # digits are built in
-    train_split = load_arrays(cfg.dataset, data_dir, "train")
-    if cfg.limit_train:
-        train_split = train_split.subset(np.arange(min(cfg.limit_train, len(train_split))))
-    train_set, val_set = _hold_out(train_split, cfg)
-    if val_set is None:
-        # No hold-out requested: validate on the test split, as the user asked.
-        val_set = load_arrays(cfg.dataset, data_dir, "test")
-    mean, std = channel_stats(train_set.images)
-    return PreparedData(
-        input_shape=train_set.image_shape,
-        class_names=train_set.class_names,
-        class_frequencies=class_frequencies(train_set.labels, len(train_set.class_names)),
-        preprocessing=Preprocessing(mean=mean, std=std),
-        arrays={"train": train_set, "val": val_set},
-        indexes=None,
-        rows={"train": len(train_set), "val": len(val_set)},
-    )
-
-
-def _hold_out(split: ArrayDataset, cfg: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
-    """Seeded random hold-out of `cfg.val_fraction` of the training split."""
-    if cfg.val_fraction == 0:
-        return split, None
-    order = np.random.default_rng(cfg.seed).permutation(len(split))
-    n_val = max(1, round(len(split) * cfg.val_fraction))
-    return split.subset(np.sort(order[n_val:])), split.subset(np.sort(order[:n_val]))
-
-
-def _data_dir(cfg: TrainConfig) -> str:
-    """`cfg.data_dir`, which every dataset but the built-in digits needs."""
-    if cfg.data_dir is not None:
-        return cfg.data_dir
-    holding = " holding train/<class>/*.jpg and test/<class>/*.jpg"
-    raise ConfigError(
-        f"{cfg.dataset} needs a data directory: pass --data-dir DIR or set data_dir: DIR in "
-        f"the config (a folder or s3:// URI{holding if cfg.dataset == 'imagefolder' else ''})"
-    )
-
-
-def _image_size(cfg: TrainConfig, first_image: str) -> tuple[int, int]:
-    """`cfg.image_size`, required for image folders, whose images come in any size."""
-    if cfg.image_size is not None:
-        return cfg.image_size
-    message = (
-        "imagefolder needs an image size: pass --image-size H W (e.g. --image-size 128 128) "
-        "or set image_size: [128, 128] in the config"
-    )
-    with contextlib.suppress(DataError):  # the hint is a courtesy; the error stands without it
-        height, width = imagefolder_data.image_size_of(first_image)
-        message += f"; the first image, {first_image}, is {height}x{width} (H x W)"
-    raise ConfigError(message)
-
-
-def _prepare_imagefolder(cfg: TrainConfig, data_dir: str) -> PreparedData:
-    index = imagefolder_data.scan(data_dir, "train")
-    # Listed now, although only the final evaluation reads it (unless it validates): a
-    # missing test split should stop the run before training, not after.
-    test_index = imagefolder_data.scan(data_dir, "test")
-    if test_index.class_names != index.class_names:
-        raise DataError(
-            f"{data_dir}: test classes {list(test_index.class_names)} differ from train "
-            f"classes {list(index.class_names)}; give each class a folder in both"
-        )
-    image_size = _image_size(cfg, index.paths[0])
-    if cfg.limit_train:
-        index = _index_subset(index, np.arange(min(cfg.limit_train, len(index.paths))))
-    order = np.random.default_rng(cfg.seed).permutation(len(index.paths))
-    n_val = max(1, round(len(order) * cfg.val_fraction)) if cfg.val_fraction else 0
-    if n_val:
-        train_index, val_index = (
-            _index_subset(index, order[n_val:]),
-            _index_subset(index, order[:n_val]),
-        )
-    else:
-        train_index, val_index = _index_subset(index, order), test_index
-    sample = imagefolder_data.load_arrays(
-        _index_subset(train_index, np.arange(min(_STATS_SAMPLE, len(train_index.paths)))),
-        image_size,
-        cfg.channels,
-    )
-    mean, std = channel_stats(sample.images)
-    return PreparedData(
-        input_shape=(cfg.channels, *image_size),
-        class_names=index.class_names,
-        # From the index's labels: the same rows Ray Data streams, none of them decoded.
-        class_frequencies=class_frequencies(train_index.labels, len(index.class_names)),
-        preprocessing=Preprocessing(mean=mean, std=std),
-        arrays=None,
-        indexes={"train": train_index, "val": val_index},
-        rows={"train": len(train_index.paths), "val": len(val_index.paths)},
-    )
-
-
-def _ray_datasets(data: PreparedData) -> dict[str, Any] | None:
-    """An image folder's splits as lazily decoded Ray Data streams (needs a cluster)."""
-    if data.indexes is None:
-        return None
-    channels, height, width = data.input_shape
-    return {
-        split: imagefolder_data.to_ray_dataset(index, (height, width), channels)
-        for split, index in data.indexes.items()
-    }
-
-
-def _index_subset(
-    index: imagefolder_data.ImageFolderIndex, rows: np.ndarray
-) -> imagefolder_data.ImageFolderIndex:
-    return dataclasses.replace(
-        index,
-        paths=tuple(index.paths[i] for i in rows),
-        labels=tuple(index.labels[i] for i in rows),
-    )
 
 
 def preparation(cfg: TrainConfig, data: PreparedData) -> Preparation:
