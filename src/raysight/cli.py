@@ -14,7 +14,7 @@ import numpy as np
 
 from raysight import cli_serve, cli_sign
 from raysight.config import TrainConfig
-from raysight.errors import RaysightError
+from raysight.errors import ConfigError, RaysightError
 from raysight.flags import add_flags, flag_overrides
 from raysight.logs import setup_logging
 
@@ -79,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="dataset directory or URI")
     evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
     evaluate.add_argument("--batch-size", type=int, default=512)
+    evaluate.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="Ray tasks scoring a shard each, on the cluster at RAY_ADDRESS or a local one "
+        "(default: 2); 0 scores in this process, without Ray",
+    )
+    evaluate.add_argument("--gpu", action="store_true", help="one GPU per task")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -134,16 +142,28 @@ def _final_note(split: str) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from raysight.engine import Engine
-    from raysight.evaluate import dataset_batches, evaluate
+    from raysight.checkpoint import load_checkpoint
 
-    engine = Engine.from_directory(args.checkpoint)
-    manifest = engine.manifest
+    if args.workers < 0 or (args.gpu and not args.workers):
+        raise ConfigError("--workers must be >= 0, and --gpu needs at least one worker")
+    checkpoint = load_checkpoint(args.checkpoint)
+    manifest = checkpoint.manifest
     dataset = args.dataset or manifest.dataset
     data_dir = args.data_dir or manifest.train_config.get("data_dir")
-    result = evaluate(
-        engine, dataset_batches(dataset, data_dir, args.split, manifest, args.batch_size)
-    )
+    if args.workers:
+        from raysight.cluster import connected
+        from raysight.train.evaluation import evaluate_on_workers, even_placement, labelled_split
+
+        split = labelled_split(dataset, data_dir, args.split, manifest)
+        with connected():
+            placement = even_placement(args.workers, args.gpu)
+            result = evaluate_on_workers(checkpoint, split, placement)
+    else:
+        from raysight.engine import Engine
+        from raysight.evaluate import dataset_batches, evaluate
+
+        batches = dataset_batches(dataset, data_dir, args.split, manifest, args.batch_size)
+        result = evaluate(Engine(checkpoint), batches)
     if args.json:
         print(
             json.dumps(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +11,6 @@ from raysight.checkpoint import Manifest
 from raysight.data import imagefolder, load_arrays
 from raysight.engine import Engine
 from raysight.errors import ConfigError, DataError
-from raysight.storage import read_bytes
 
 
 @dataclass(frozen=True)
@@ -31,8 +30,35 @@ class Evaluation:
             return np.diag(self.confusion) / totals
 
 
-def evaluate(engine: Engine, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Evaluation:
-    """Run `engine` over (images (B, C, H, W) uint8, labels (B,) int) batches."""
+@dataclass(frozen=True)
+class Tally:
+    """Unnormalised counts of a pass over (part of) a split; tallies of shards add up.
+
+    Attributes:
+        confusion: (K, K) int64: rows are true classes, columns predictions.
+        loss_sum: Summed cross-entropy over the samples counted.
+    """
+
+    confusion: np.ndarray
+    loss_sum: float
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.confusion + other.confusion, self.loss_sum + other.loss_sum)
+
+    def result(self, class_names: tuple[str, ...]) -> Evaluation:
+        """Accuracy and mean loss over every sample counted."""
+        samples = int(self.confusion.sum())
+        return Evaluation(
+            accuracy=float(np.trace(self.confusion)) / max(samples, 1),
+            loss=self.loss_sum / max(samples, 1),
+            samples=samples,
+            confusion=self.confusion,
+            class_names=class_names,
+        )
+
+
+def tally(engine: Engine, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Tally:
+    """Run `engine` over (images (B, C, H, W) uint8, labels (B,) int) batches and count."""
     k = len(engine.class_names)
     confusion = np.zeros((k, k), dtype=np.int64)
     loss_sum = 0.0
@@ -43,14 +69,12 @@ def evaluate(engine: Engine, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         loss_sum -= float(log_probs[np.arange(len(labels)), labels].sum())
         np.add.at(confusion, (labels, logits.argmax(axis=1)), 1)
-    samples = int(confusion.sum())
-    return Evaluation(
-        accuracy=float(np.trace(confusion)) / max(samples, 1),
-        loss=loss_sum / max(samples, 1),
-        samples=samples,
-        confusion=confusion,
-        class_names=engine.class_names,
-    )
+    return Tally(confusion, loss_sum)
+
+
+def evaluate(engine: Engine, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Evaluation:
+    """Run `engine` over (images (B, C, H, W) uint8, labels (B,) int) batches, here."""
+    return tally(engine, batches).result(engine.class_names)
 
 
 def array_batches(
@@ -72,22 +96,37 @@ def dataset_batches(
     channels, height, width = manifest.input_shape
     if dataset != "imagefolder":
         split_data = load_arrays(dataset, data_dir, split)
-        _check_classes(split_data.class_names, manifest, f"{dataset} {split}")
+        check_classes(split_data.class_names, manifest, f"{dataset} {split}")
         yield from array_batches(split_data.images, split_data.labels, batch_size)
         return
     if data_dir is None:
         raise ConfigError("imagefolder needs a data directory: pass --data-dir DIR")
     index = imagefolder.scan(data_dir, split)
-    _check_classes(index.class_names, manifest, f"{data_dir}/{split}")
-    for start in range(0, len(index.paths), batch_size):
-        paths = index.paths[start : start + batch_size]
-        images = np.stack(
-            [imagefolder.decode_image(read_bytes(p), (height, width), channels, p) for p in paths]
+    check_classes(index.class_names, manifest, f"{data_dir}/{split}")
+    yield from file_batches(index.paths, index.labels, (channels, height, width), batch_size)
+
+
+def file_batches(
+    paths: Sequence[str],
+    labels: Sequence[int],
+    shape: tuple[int, int, int],
+    batch_size: int = 512,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Evaluation batches of image files, decoded a batch at a time to (C, H, W) `shape`."""
+    channels, height, width = shape
+    for start in range(0, len(paths), batch_size):
+        images = imagefolder.decode_files(
+            paths[start : start + batch_size], (height, width), channels
         )
-        yield images, np.asarray(index.labels[start : start + batch_size], dtype=np.int64)
+        yield images, np.asarray(labels[start : start + batch_size], dtype=np.int64)
 
 
-def _check_classes(found: tuple[str, ...], manifest: Manifest, where: str) -> None:
+def check_classes(found: tuple[str, ...], manifest: Manifest, where: str) -> None:
+    """Refuse a split whose classes are not the checkpoint's, in the same order.
+
+    Raises:
+        DataError: naming both lists.
+    """
     if tuple(found) != tuple(manifest.class_names):
         raise DataError(
             f"{where}: classes {list(found)} differ from the checkpoint's "

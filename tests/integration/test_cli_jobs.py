@@ -73,8 +73,9 @@ def test_train_then_evaluate_commands(ray_cluster: RayCluster, tmp_path: Path) -
     assert manifest.epoch >= 1
     assert manifest.train_config["epochs"] == 3  # the flag overrode the file's 30
 
+    # Scored in shards on the session's cluster, then in this one process: the same figure.
     evaluate = _run(
-        [str(BIN / "raysight"), "evaluate", "--checkpoint", str(out), "--json"], dict(os.environ)
+        [str(BIN / "raysight"), "evaluate", "--checkpoint", str(out), "--json"], _env(ray_cluster)
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     result = json.loads(evaluate.stdout)
@@ -82,7 +83,10 @@ def test_train_then_evaluate_commands(ray_cluster: RayCluster, tmp_path: Path) -
     assert result["accuracy"] == pytest.approx(manifest.metrics["test_accuracy"], abs=1e-9)
     assert sum(map(sum, result["confusion"])) == 359
 
-    table = _run([str(BIN / "raysight"), "evaluate", "--checkpoint", str(out)], dict(os.environ))
+    table = _run(
+        [str(BIN / "raysight"), "evaluate", "--checkpoint", str(out), "--workers", "0"],
+        dict(os.environ),
+    )
     assert table.returncode == 0
     assert "true \\ predicted" in table.stdout
     assert f"accuracy {manifest.metrics['test_accuracy']:.4f}" in table.stdout

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +20,8 @@ from raysight.data import ArrayDataset, class_frequencies, load_arrays
 from raysight.data import imagefolder as imagefolder_data
 from raysight.data.transforms import channel_stats
 from raysight.errors import ConfigError, DataError
-from raysight.evaluate import array_batches, dataset_batches
 from raysight.train import decoded
+from raysight.train.evaluation import labelled_split
 
 logger = logging.getLogger(__name__)
 
@@ -201,25 +200,29 @@ def decode_once(cfg: TrainConfig, data: PreparedData) -> PreparedData:
         )
         return data
     arrays = {
-        split: decoded.decode_index(index, data.input_shape, cfg.dataset)
+        split: decoded.decode_index(
+            index, data.input_shape, cfg.dataset, "training" if split == "train" else "validation"
+        )
         for split, index in data.indexes.items()
     }
     return dataclasses.replace(data, arrays=arrays, indexes=None)
 
 
-def final_batches(
+def final_split(
     cfg: TrainConfig, data: PreparedData, manifest: Manifest
-) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """The final split's evaluation batches: from memory when the folder was decoded once
-    (the validation folder is already there), else read as `raysight evaluate` reads them."""
-    if cfg.dataset != "imagefolder" or data.arrays is None or cfg.data_dir is None:
-        return dataset_batches(cfg.dataset, cfg.data_dir, data.final_split, manifest)
+) -> ArrayDataset | imagefolder_data.ImageFolderIndex:
+    """The split the best checkpoint is scored on at the end: in memory when the folder was
+    decoded once (the validation folder is already), else as `raysight evaluate` reads it.
+
+    Raises:
+        DataError: Its classes are not the checkpoint's, or a file cannot be decoded.
+    """
+    split = labelled_split(cfg.dataset, cfg.data_dir, data.final_split, manifest)
+    if data.arrays is None or not isinstance(split, imagefolder_data.ImageFolderIndex):
+        return split
     if data.final_split != "test":
-        split = data.arrays["val"]
-    else:
-        index = imagefolder_data.scan(cfg.data_dir, data.final_split)
-        split = decoded.decode_index(index, data.input_shape, cfg.dataset)
-    return array_batches(split.images, split.labels)
+        return data.arrays["val"]
+    return decoded.decode_index(split, data.input_shape, cfg.dataset, "test")
 
 
 def _index_subset(

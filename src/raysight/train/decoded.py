@@ -48,7 +48,7 @@ def _decode_chunk(paths: Sequence[str], size: tuple[int, int], channels: int) ->
 
 
 def decode_index(
-    index: imagefolder_data.ImageFolderIndex, shape: tuple[int, int, int], name: str
+    index: imagefolder_data.ImageFolderIndex, shape: tuple[int, int, int], name: str, role: str
 ) -> ArrayDataset:
     """Decode every image of an index with Ray tasks across the cluster, in index order.
 
@@ -56,6 +56,7 @@ def decode_index(
         index: The split's files and labels.
         shape: (C, H, W) of every decoded image.
         name: Dataset name to record.
+        role: What the split is for, in the log line: "training", "validation", "test".
 
     Returns:
         The split in memory: (N, C, H, W) uint8 images and (N,) labels.
@@ -76,7 +77,8 @@ def decode_index(
             raise DataError(str(exc.cause)) from None  # the file's name, not a traceback
         raise
     logger.info(
-        "%s/%s: decoded %d images once (%.0f MB) in %.1fs",
+        "%s images (%s/%s): decoded %d images once (%.0f MB) in %.1fs",
+        role,
         index.root,
         index.split,
         len(images),

@@ -29,17 +29,17 @@ from raysight.checkpoint import (
 )
 from raysight.config import TrainConfig
 from raysight.data import NATURAL_IMAGES, ArrayDataset
-from raysight.engine import Engine
 from raysight.errors import CheckpointError, ConfigError, RaysightError
-from raysight.evaluate import Evaluation, evaluate
+from raysight.evaluate import Evaluation
 from raysight.models import build_model, resolve_kwargs
 from raysight.train.data_prep import (
     PreparedData,
     decode_once,
-    final_batches,
+    final_split,
     prepare_data,
     ray_datasets,
 )
+from raysight.train.evaluation import Placement, evaluate_on_workers
 from raysight.train.loop import WorkerPlan, train_loop_per_worker
 from raysight.train.progress import ProgressBoard, show_progress
 from raysight.train.step import Preparation
@@ -191,9 +191,9 @@ def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome
     best = _best_checkpoint(result)
     with best.as_directory() as directory:
         loaded = load_checkpoint(directory)
-    engine = Engine(loaded)
     split = data.final_split
-    test = evaluate(engine, final_batches(cfg, data, loaded.manifest))
+    placement = Placement(workers=cfg.workers, cpus=cpus, gpu=cfg.gpu)
+    test = evaluate_on_workers(loaded, final_split(cfg, data, loaded.manifest), placement)
     logger.info(
         "best checkpoint: epoch %d, val_acc %.4f; %s accuracy %.4f on %d images",
         loaded.manifest.epoch,
