@@ -22,7 +22,7 @@ The modules, each importing only those listed before it:
 * ``remote``: save a checkpoint at a local directory or an object-store URI (s3://, gs://).
 """
 
-from raysight.checkpoint.manifest import FORMAT_VERSION, Manifest, Preprocessing
+from raysight.checkpoint.manifest import FORMAT_VERSION, Manifest, ParentCheckpoint, Preprocessing
 from raysight.checkpoint.remote import check_destination, manifest_sha256, publish_checkpoint
 from raysight.checkpoint.store import (
     MANIFEST_FILE,
@@ -44,6 +44,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "LoadedCheckpoint",
     "Manifest",
+    "ParentCheckpoint",
     "Preprocessing",
     "TrainState",
     "build_from_checkpoint",
