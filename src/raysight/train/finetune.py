@@ -112,7 +112,7 @@ def check_parent(
 
 def share_parent(parent: Parent, *, freeze_backbone: bool) -> ParentWeights:
     """Load the parent's weights on the driver, pinned to the manifest `check_parent` read,
-    and put them in the object store once, for every worker to map.
+    and put them in the object store once, for every worker to fetch.
 
     Args:
         parent: From `check_parent`.
