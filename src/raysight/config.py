@@ -110,6 +110,23 @@ class TrainConfig:
         ),
     )
 
+    # --- starting point ---
+    init_from: str | None = field(
+        default=None,
+        metadata=doc(
+            "Start from the weights of this raysight checkpoint (a directory or s3:// / gs:// "
+            "URI) of the same model and arguments: the classifier is re-initialised when the "
+            "classes differ, and the parent's normalisation is kept."
+        ),
+    )
+    freeze_backbone: bool = field(
+        default=False,
+        metadata=doc(
+            "Train only the classifier of the init_from model (feature extraction); the rest "
+            "keeps its weights and runs as at inference, BatchNorm statistics included."
+        ),
+    )
+
     # --- optimisation ---
     epochs: int = field(default=5, metadata=doc("Passes over the training split."))
     batch_size: int = field(
@@ -214,6 +231,13 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if self.init_from == "":
+            raise ConfigError("init_from is empty: name a checkpoint directory or URI, or drop it")
+        if self.freeze_backbone and self.init_from is None:
+            raise ConfigError(
+                "freeze_backbone needs a trained backbone: pass --init-from CHECKPOINT (or set "
+                "init_from: CHECKPOINT in the config), or drop --freeze-backbone"
+            )
         if self.batch_size % self.workers:
             raise ConfigError(
                 f"batch_size ({self.batch_size}) must be divisible by workers ({self.workers})"

@@ -21,6 +21,7 @@ from raysight.checkpoint import (
     FORMAT_VERSION,
     LoadedCheckpoint,
     Manifest,
+    ParentCheckpoint,
     Preprocessing,
     TrainState,
     build_from_checkpoint,
@@ -216,7 +217,7 @@ def test_class_frequencies_round_trip_through_a_checkpoint(tmp_path: Path) -> No
     path = save_checkpoint(tmp_path / "ckpt", state_dict=_model().state_dict(), manifest=manifest)
     loaded = load_checkpoint(path).manifest
     assert loaded.class_frequencies == FREQUENCIES
-    assert json.loads((path / ckpt.MANIFEST_FILE).read_text())["format_version"] == 2
+    assert json.loads((path / ckpt.MANIFEST_FILE).read_text())["format_version"] == FORMAT_VERSION
 
 
 def test_new_takes_any_sequence_of_numbers() -> None:
@@ -247,7 +248,7 @@ def _as_version_1(path: Path) -> None:
     """Rewrite a checkpoint's manifest as raysight wrote it before format version 2."""
     manifest_file = path / ckpt.MANIFEST_FILE
     data = json.loads(manifest_file.read_text())
-    del data["class_frequencies"]
+    del data["class_frequencies"], data["parent"]
     data["format_version"] = 1
     manifest_file.write_text(json.dumps(data, indent=2))
 
@@ -263,11 +264,11 @@ def test_a_version_1_checkpoint_loads_without_class_frequencies(
     images = torch.rand(2, *INPUT_SHAPE)
     with torch.no_grad():
         assert torch.equal(build_from_checkpoint(loaded)(images), model.eval()(images))
-    # Read once, it is upgraded: saved again, it is a version 2 checkpoint.
+    # Read once, it is upgraded: saved again, it is a checkpoint of the current version.
     again = save_checkpoint(
         tmp_path / "again", state_dict=loaded.state_dict, manifest=loaded.manifest
     )
-    assert json.loads((again / ckpt.MANIFEST_FILE).read_text())["format_version"] == 2
+    assert json.loads((again / ckpt.MANIFEST_FILE).read_text())["format_version"] == FORMAT_VERSION
     assert read_manifest(again).class_frequencies is None
 
 
@@ -316,6 +317,75 @@ def test_invalid_class_frequencies_are_refused_on_load_and_save(
         with pytest.raises(CheckpointError, match="'class_frequencies'"):
             save_checkpoint(tmp_path / "ckpt", state_dict=_model().state_dict(), manifest=bad)
         assert not (tmp_path / "ckpt").exists()
+
+
+# --- the parent of a fine-tuned checkpoint (format version 3) --------------------------
+
+PARENT = ParentCheckpoint(sha256="cd" * 32, source="s3://models/digits-convnet", dataset="digits")
+
+
+def test_a_parent_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
+    manifest = _manifest(parent=PARENT)
+    path = save_checkpoint(tmp_path / "ckpt", state_dict=_model().state_dict(), manifest=manifest)
+    assert load_checkpoint(path).manifest.parent == PARENT
+    assert json.loads((path / ckpt.MANIFEST_FILE).read_text())["parent"] == {
+        "sha256": "cd" * 32,
+        "source": "s3://models/digits-convnet",
+        "dataset": "digits",
+    }
+
+
+def test_a_model_trained_from_scratch_records_a_null_parent(
+    saved: tuple[Path, torch.nn.Module],
+) -> None:
+    path, _ = saved
+    assert json.loads((path / ckpt.MANIFEST_FILE).read_text())["parent"] is None
+    assert load_checkpoint(path).manifest.parent is None
+
+
+def test_a_version_2_checkpoint_loads_without_a_parent(
+    saved: tuple[Path, torch.nn.Module],
+) -> None:
+    path, _ = saved
+    manifest_file = path / ckpt.MANIFEST_FILE
+    data = json.loads(manifest_file.read_text())
+    del data["parent"]
+    data["format_version"] = 2
+    manifest_file.write_text(json.dumps(data))
+    assert load_checkpoint(path).manifest.parent is None
+
+
+def test_a_version_2_manifest_may_not_hold_a_parent() -> None:
+    data = _manifest_dict()
+    data["format_version"] = 2
+    with pytest.raises(CheckpointError, match="unexpected field 'parent'"):
+        Manifest.from_json(json.dumps(data), source="m.json")
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        pytest.param("s3://models/a", "field 'parent' must be an object or null", id="string"),
+        pytest.param({"sha256": "cd" * 32, "source": "a"}, "'parent.dataset' is missing", id="few"),
+        pytest.param(
+            {"sha256": "CD" * 32, "source": "a", "dataset": "d"},
+            "'parent.sha256' must be a lowercase hex sha256",
+            id="upper-hex",
+        ),
+        pytest.param(
+            {"sha256": "cd" * 32, "source": 1, "dataset": "d"},
+            "'parent.source' must be a string",
+            id="source-number",
+        ),
+    ],
+)
+def test_an_invalid_parent_is_refused_naming_the_field(value: Any, words: str) -> None:
+    data = _manifest_dict()
+    data["parent"] = value
+    with pytest.raises(CheckpointError) as info:
+        Manifest.from_json(json.dumps(data), source="/ckpt/manifest.json")
+    assert words in str(info.value)
+    assert "/ckpt/manifest.json" in str(info.value)
 
 
 # --- damaged and missing checkpoints --------------------------------------------------

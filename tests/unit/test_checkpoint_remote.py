@@ -10,8 +10,11 @@ from raysight.checkpoint import (
     Manifest,
     Preprocessing,
     check_destination,
+    copy_checkpoint,
     load_checkpoint,
+    manifest_sha256,
     publish_checkpoint,
+    read_manifest_at,
     save_checkpoint,
 )
 from raysight.errors import CheckpointError
@@ -90,3 +93,32 @@ def test_a_scheme_nothing_can_open_is_refused_naming_what_works() -> None:
         check_destination("ftp://host/runs/x")
     assert str(info.value).startswith("ftp://host/runs/x: ")
     assert "a local directory or an s3:// or gs:// URI" in str(info.value)
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_a_manifest_is_read_with_the_sha256_that_pins_it(tmp_path: Path, scheme: str) -> None:
+    path = save_checkpoint(tmp_path / "ckpt", state_dict=_weights(), manifest=_manifest())
+    manifest, sha256 = read_manifest_at(f"{scheme}{path}")
+    assert manifest.class_names == ("no", "yes")
+    assert sha256 == manifest_sha256(path)
+    assert load_checkpoint(path, expected_sha256=sha256).manifest == manifest
+
+
+def test_reading_the_manifest_of_nothing_says_no_checkpoint_is_there(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"nowhere: no checkpoint there \(manifest.json"):
+        read_manifest_at(str(tmp_path / "nowhere"))
+
+
+def test_a_checkpoint_at_a_uri_is_copied_whole(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "ckpt", state_dict=_weights(), manifest=_manifest())
+    (tmp_path / "copy").mkdir()
+    copy_checkpoint(f"file://{path}", tmp_path / "copy")
+    assert load_checkpoint(tmp_path / "copy").manifest == load_checkpoint(path).manifest
+
+
+def test_copying_from_an_empty_location_names_it(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "copy").mkdir()
+    uri = f"file://{tmp_path / 'empty'}"
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        copy_checkpoint(uri, tmp_path / "copy")

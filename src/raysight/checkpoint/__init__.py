@@ -19,11 +19,18 @@ The modules, each importing only those listed before it:
 * ``manifest``: the manifest's schema, format versions and validation (no torch);
 * ``train_state``: the train state and its encoding as tensors plus JSON metadata;
 * ``store``: save, read, verify and load checkpoints, and rebuild their models;
-* ``remote``: save a checkpoint at a local directory or an object-store URI (s3://, gs://).
+* ``remote``: save a checkpoint at, read its manifest from or copy it from a local directory
+  or an object-store URI (s3://, gs://).
 """
 
-from raysight.checkpoint.manifest import FORMAT_VERSION, Manifest, Preprocessing
-from raysight.checkpoint.remote import check_destination, manifest_sha256, publish_checkpoint
+from raysight.checkpoint.manifest import FORMAT_VERSION, Manifest, ParentCheckpoint, Preprocessing
+from raysight.checkpoint.remote import (
+    check_destination,
+    copy_checkpoint,
+    manifest_sha256,
+    publish_checkpoint,
+    read_manifest_at,
+)
 from raysight.checkpoint.store import (
     MANIFEST_FILE,
     TRAIN_STATE_FILE,
@@ -44,14 +51,17 @@ __all__ = [
     "WEIGHTS_FILE",
     "LoadedCheckpoint",
     "Manifest",
+    "ParentCheckpoint",
     "Preprocessing",
     "TrainState",
     "build_from_checkpoint",
     "check_destination",
+    "copy_checkpoint",
     "load_checkpoint",
     "manifest_sha256",
     "publish_checkpoint",
     "read_manifest",
+    "read_manifest_at",
     "save_checkpoint",
     "verify_checkpoint",
 ]

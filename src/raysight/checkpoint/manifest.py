@@ -2,7 +2,8 @@
 
 ``manifest.json`` holds everything serving needs besides the weights: the model and its
 arguments, the input shape, the preprocessing, the class names and frequencies, the metrics,
-the training config and the sha256 of each tensor file. Reading it is strict: an unknown
+the training config, the checkpoint it was fine-tuned from, and the sha256 of each tensor
+file. Reading it is strict: an unknown
 format version, a missing or unexpected field, a wrong type, a number that is not finite or
 fields that contradict each other are errors that name the field and the file.
 """
@@ -31,11 +32,14 @@ from raysight.checkpoint.fields import (
 )
 from raysight.errors import CheckpointError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # The manifest fields each version added after version 1. A reader accepts every version up
 # to FORMAT_VERSION and upgrades older manifests when it reads them (an added field reads as
 # None); a writer always writes FORMAT_VERSION.
-_FIELDS_ADDED_IN: dict[int, frozenset[str]] = {2: frozenset({"class_frequencies"})}
+_FIELDS_ADDED_IN: dict[int, frozenset[str]] = {
+    2: frozenset({"class_frequencies"}),
+    3: frozenset({"parent"}),
+}
 # How far the recorded class frequencies may sum from 1: float64 counts over a dataset sum
 # to 1 within a few ulps; a larger gap means the field was edited or computed wrongly.
 _FREQUENCY_SUM_TOLERANCE = 1e-6
@@ -52,6 +56,22 @@ class Preprocessing:
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ParentCheckpoint:
+    """The checkpoint whose weights a fine-tuned model started from.
+
+    Attributes:
+        sha256: sha256 of the parent's ``manifest.json``: the digest that pins it (the
+            manifest lists the hash of every other file), as serving's checkpoint_sha256.
+        source: Where the parent was read from, as given: a directory or a URI.
+        dataset: What the parent was trained on, so the lineage reads without the parent.
+    """
+
+    sha256: str
+    source: str
+    dataset: str
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,8 @@ class Manifest:
         dataset: Name of the training dataset.
         metrics: Evaluation metrics of these weights, e.g. ``{"val_accuracy": 0.99}``.
         train_config: The resolved training configuration.
+        parent: The checkpoint these weights were fine-tuned from; None when they were
+            trained from scratch, and for checkpoints written before format version 3.
         epoch: Epochs completed when the checkpoint was taken.
         weights_sha256: sha256 of ``model.safetensors``.
         train_state_sha256: sha256 of ``train_state.safetensors``, None when absent.
@@ -95,6 +117,7 @@ class Manifest:
     dataset: str
     metrics: dict[str, float]
     train_config: dict[str, Any]
+    parent: ParentCheckpoint | None
     epoch: int
     weights_sha256: str
     train_state_sha256: str | None
@@ -115,6 +138,7 @@ class Manifest:
         train_config: Mapping[str, Any],
         epoch: int,
         class_frequencies: Sequence[float] | None = None,
+        parent: ParentCheckpoint | None = None,
     ) -> "Manifest":
         """Create a manifest stamped with this version and the current time.
 
@@ -132,6 +156,7 @@ class Manifest:
             epoch: Epochs completed.
             class_frequencies: Fraction of the training samples in each class, in
                 ``class_names`` order; None when unknown.
+            parent: The checkpoint the weights were fine-tuned from, if any.
 
         Returns:
             The manifest, ready to pass to ``save_checkpoint``.
@@ -149,6 +174,7 @@ class Manifest:
             dataset=dataset,
             metrics=dict(metrics),
             train_config=dict(train_config),
+            parent=parent,
             epoch=epoch,
             weights_sha256="",
             train_state_sha256=None,
@@ -200,6 +226,7 @@ class Manifest:
             dataset=as_string(data["dataset"], "dataset", source),
             metrics=_metrics(data["metrics"], source),
             train_config=as_object(data["train_config"], "train_config", source),
+            parent=_parent(data.get("parent"), source),
             epoch=as_count(data["epoch"], "epoch", source),
             weights_sha256=as_sha256_hex(data["weights_sha256"], "weights_sha256", source),
             train_state_sha256=_optional_sha256_hex(data["train_state_sha256"], source),
@@ -314,6 +341,19 @@ def _preprocessing(value: Any, source: str) -> Preprocessing:
     return Preprocessing(
         mean=as_numbers(value["mean"], "preprocessing.mean", source),
         std=as_numbers(value["std"], "preprocessing.std", source),
+    )
+
+
+def _parent(value: Any, source: str) -> ParentCheckpoint | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{source}: field 'parent' must be an object or null")
+    check_field_names(value, {"sha256", "source", "dataset"}, "parent.", source)
+    return ParentCheckpoint(
+        sha256=as_sha256_hex(value["sha256"], "parent.sha256", source),
+        source=as_string(value["source"], "parent.source", source),
+        dataset=as_string(value["dataset"], "parent.dataset", source),
     )
 
 

@@ -104,13 +104,66 @@ def manifest_sha256(location: str | Path) -> str:
     text = str(location)
     if not storage.is_uri(text):
         return sha256_file(Path(text) / MANIFEST_FILE)
-    filesystem, path = _resolve(text)
+    return hashlib.sha256(_manifest_bytes(text)).hexdigest()
+
+
+def read_manifest_at(location: str) -> tuple[Manifest, str]:
+    """Read and validate the manifest of the checkpoint at a local directory or a URI,
+    without its weights.
+
+    Returns:
+        The manifest and the sha256 of the bytes it was parsed from: the digest that pins
+        this checkpoint (``load_checkpoint(..., expected_sha256=)`` then loads exactly it).
+
+    Raises:
+        CheckpointError: the manifest is missing, unreadable or invalid.
+    """
+    data = _manifest_bytes(location)
+    source = f"{location.rstrip('/')}/{MANIFEST_FILE}"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{source}: cannot read manifest ({error})") from error
+    return Manifest.from_json(text, source), hashlib.sha256(data).hexdigest()
+
+
+def copy_checkpoint(uri: str, local: Path) -> None:
+    """Copy the checkpoint at an object-store URI into the empty local directory ``local``,
+    to be checked and loaded there.
+
+    Raises:
+        CheckpointError: the URI cannot be opened or copied, or nothing is there.
+    """
+    try:
+        filesystem, path = storage.resolve(uri)
+    except Exception as exc:  # a malformed URI or missing credentials
+        raise CheckpointError(f"cannot open checkpoint {uri}: {exc}") from exc
+    try:
+        pyarrow.fs.copy_files(
+            path,
+            str(local),
+            source_filesystem=filesystem,
+            destination_filesystem=pyarrow.fs.LocalFileSystem(),
+        )
+    except OSError as exc:
+        raise CheckpointError(f"cannot copy checkpoint {uri}: {exc}") from exc
+    if not any(local.iterdir()):
+        raise CheckpointError(f"checkpoint {uri}: no such checkpoint (nothing at that URI)")
+
+
+def _manifest_bytes(location: str) -> bytes:
+    """The manifest file of the checkpoint at a local directory or a URI, byte for byte."""
+    filesystem, path = _resolve(location)
     try:
         with filesystem.open_input_stream(f"{path.rstrip('/')}/{MANIFEST_FILE}") as stream:
-            data = stream.read()
+            data: bytes = stream.read()
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{location}: no checkpoint there ({MANIFEST_FILE} not found)"
+        ) from None
     except OSError as error:
-        raise CheckpointError(f"{text}: cannot read its {MANIFEST_FILE} ({error})") from error
-    return hashlib.sha256(data).hexdigest()
+        raise CheckpointError(f"{location}: cannot read its {MANIFEST_FILE} ({error})") from error
+    return data
 
 
 def _resolve(location: str) -> tuple[pyarrow.fs.FileSystem, str]:

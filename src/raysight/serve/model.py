@@ -8,15 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs
 
-from raysight.checkpoint import load_checkpoint
+from raysight.checkpoint import copy_checkpoint, load_checkpoint
 from raysight.checkpoint.signing import SIGNATURE_FILE, verify_signature
 from raysight.cluster import staging_dir
 from raysight.engine import Engine
 from raysight.errors import CheckpointError
 from raysight.serve.settings import CheckpointTrust
-from raysight.storage import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -135,22 +133,8 @@ def _load_checked(local: Path, device: str, trust: CheckpointTrust) -> Engine:
 
 def _load_remote(uri: str, device: str, trust: CheckpointTrust) -> Engine:
     """Copy an object-store checkpoint to local disk, then check and load it there."""
-    try:
-        filesystem, path = resolve(uri)
-    except Exception as exc:  # a malformed URI or missing credentials
-        raise CheckpointError(f"cannot open checkpoint {uri}: {exc}") from exc
     with staging_dir("raysight-ckpt-") as tmp:
         local = Path(tmp) / "checkpoint"
         local.mkdir()
-        try:
-            pyarrow.fs.copy_files(
-                path,
-                str(local),
-                source_filesystem=filesystem,
-                destination_filesystem=pyarrow.fs.LocalFileSystem(),
-            )
-        except OSError as exc:
-            raise CheckpointError(f"cannot copy checkpoint {uri}: {exc}") from exc
-        if not any(local.iterdir()):
-            raise CheckpointError(f"checkpoint {uri}: no such checkpoint (nothing at that URI)")
+        copy_checkpoint(uri, local)
         return _load_checked(local, device, trust)

@@ -38,6 +38,7 @@ from raysight.models import build_model
 from raysight.train.allocator import retain_freed_memory
 from raysight.train.epoch import EpochStats, EpochTimes, log_epoch, report_metrics
 from raysight.train.feeds import ArrayFeed, Feed, RayDataFeed
+from raysight.train.finetune import FrozenBackbone, ParentWeights, start_from_parent
 from raysight.train.metrics import TrainMetrics
 from raysight.train.progress import ProgressPoster
 from raysight.train.schedule import lr_at
@@ -70,6 +71,7 @@ class WorkerPlan:
     log_json: bool = False  # the driver's choice, so worker lines read like its own
     log_level: int = logging.INFO  # the driver's threshold (-q, -v), applied in every worker
     progress: Any = None  # ActorHandle[ProgressBoard] when the driver draws a bar, else None
+    parent: ParentWeights | None = None  # init_from's weights, put in the object store once
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -85,6 +87,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
     model = build_model(cfg.model, **plan.model_kwargs).to(device)
+    if plan.parent is not None:  # before _resume, which loads a restarted run's own weights
+        start_from_parent(model, plan.parent, freeze=cfg.freeze_backbone)
     if plan.prep.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
@@ -92,9 +96,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if start_epoch:
         logger.info("resuming from the checkpoint of epoch %d", start_epoch)
 
-    ddp: nn.Module = model
+    ddp: nn.Module = FrozenBackbone(model) if cfg.freeze_backbone else model
     if world > 1:
-        ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        ddp = DistributedDataParallel(ddp, device_ids=[device] if device.type == "cuda" else None)
     stepper = Stepper(
         ddp,
         optimizer,
@@ -331,6 +335,7 @@ def _save(
             "train_loss": stats.train_loss,
         },
         train_config=plan.config,
+        parent=plan.parent.record if plan.parent is not None else None,
         epoch=stats.epoch,
     )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

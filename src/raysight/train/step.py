@@ -182,9 +182,11 @@ class Stepper:
 def build_optimizer(
     model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
-    """AdamW or Nesterov SGD; no weight decay on biases and norm scales (1-d parameters)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    """AdamW or Nesterov SGD over the trainable parameters (a frozen backbone's are left
+    out); no weight decay on biases and norm scales (1-d parameters)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -40,6 +40,7 @@ from raysight.train.data_prep import (
     ray_datasets,
 )
 from raysight.train.evaluation import Placement, evaluate_on_workers
+from raysight.train.finetune import Parent, check_parent, share_parent
 from raysight.train.loop import WorkerPlan, train_loop_per_worker
 from raysight.train.progress import ProgressBoard, show_progress
 from raysight.train.step import Preparation
@@ -77,12 +78,13 @@ class PreparedRun:
 
     data: PreparedData
     model_kwargs: dict[str, Any]  # resolved, so every rank builds the same architecture
+    parent: Parent | None = None  # the checkpoint init_from names, checked against the run
 
 
 def prepare(cfg: TrainConfig) -> PreparedRun:
     """Check and resolve a run on the driver, before any Ray cluster is started or joined:
-    where the checkpoint goes, the data's layout, the image size, and whether the model
-    takes that input.
+    where the checkpoint goes, the data's layout, the image size, whether the model
+    takes that input, and whether the init_from checkpoint fits the model.
 
     Raises:
         ConfigError, DataError: naming what is wrong and the fix.
@@ -99,7 +101,12 @@ def prepare(cfg: TrainConfig) -> PreparedRun:
     # Built once here, without weights, so that a model that cannot take this input fails
     # now with a ConfigError instead of in every worker.
     build_model(cfg.model, **model_kwargs, device="meta")
-    return PreparedRun(data, model_kwargs)
+    if cfg.init_from is None:
+        return PreparedRun(data, model_kwargs)
+    parent = check_parent(cfg.init_from, cfg.model, model_kwargs, data.class_names)
+    # The parent's features were learnt on inputs normalised with its mean/std: keep them.
+    data = dataclasses.replace(data, preprocessing=parent.manifest.preprocessing)
+    return PreparedRun(data, model_kwargs, parent)
 
 
 def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome:
@@ -118,6 +125,11 @@ def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome
     run_name = cfg.run_name or f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     prepared = prepared or prepare(cfg)
     data, model_kwargs = decode_once(cfg, prepared.data), prepared.model_kwargs
+    parent = (
+        share_parent(prepared.parent, freeze_backbone=cfg.freeze_backbone)
+        if prepared.parent is not None
+        else None
+    )
     cpus = cfg.cpus_per_worker or _even_share_of_cpus(
         cfg.workers, streaming=data.indexes is not None
     )
@@ -142,6 +154,7 @@ def train(cfg: TrainConfig, prepared: PreparedRun | None = None) -> TrainOutcome
         log_json=not on_terminal,
         log_level=level,
         progress=board,
+        parent=parent,
     )
     storage = cfg.storage_path or str(Path("runs/ray").resolve())
     os.environ.setdefault(_POLL_ENV, _POLL_S)  # read by TorchTrainer.fit, passed to the controller
