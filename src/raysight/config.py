@@ -18,7 +18,7 @@ import yaml
 
 from raysight.errors import ConfigError
 
-Augment = Literal["auto", "none", "crop", "crop_flip"]
+Augment = Literal["auto", "none", "crop", "crop_flip", "photo", "book"]
 ImageCache = Literal["auto", "memory", "stream"]
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["onecycle", "cosine", "constant"]
@@ -158,12 +158,19 @@ class TrainConfig:
     augment: Augment = field(
         default="auto",
         metadata=doc(
-            "auto: random crop for every dataset, plus horizontal flips for natural images."
+            "crop: random translation; crop_flip: plus left-right flips; photo: random "
+            "resized crops (35-100% of the area), flips and light colour jitter; book: flips, "
+            "rotations up to 36 degrees and zoom of +-20% (Deep Learning with Python's cats "
+            "vs dogs); none. auto: crop for digits, crop_flip for photos up to 32 px a side, "
+            "photo for larger ones."
         ),
     )
     crop_padding: int = field(
         default=0,
-        metadata=doc("Pixels of random translation; 0 picks H/8 for photos, H/14 for digits."),
+        metadata=doc(
+            "Pixels of random translation of crop and crop_flip; 0 picks H/8 for photos, H/14 "
+            "for digits."
+        ),
     )
     seed: int = field(
         default=0,

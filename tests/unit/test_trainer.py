@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from raysight.config import TrainConfig
+from raysight.checkpoint import Preprocessing
+from raysight.config import Augment, TrainConfig
 from raysight.errors import ConfigError, DataError
 from raysight.train import data_prep, trainer
+from raysight.train.step import Preparation
 from tests.builders import encode_image
 
 
@@ -136,3 +138,70 @@ def test_an_output_the_checkpoint_cannot_go_to_is_refused_before_training(
     with pytest.raises(ConfigError, match=message):
         trainer.prepare(TrainConfig(dataset="digits", output=output))
     assert reached == []  # refused before the data was even read
+
+
+def _prepared(shape: tuple[int, int, int]) -> trainer.PreparedData:
+    channels = shape[0]
+    return trainer.PreparedData(
+        input_shape=shape,
+        class_names=("a", "b"),
+        class_frequencies=(0.5, 0.5),
+        preprocessing=Preprocessing(mean=(0.5,) * channels, std=(0.25,) * channels),
+        arrays=None,
+        indexes=None,
+        rows={},
+    )
+
+
+# The augmentation fields of a Preparation with nothing on, and the two larger presets.
+OFF = {
+    "crop_padding": 0,
+    "flip": False,
+    "crop_area": 1.0,
+    "zoom": 0.0,
+    "rotation": 0.0,
+    "jitter": 0.0,
+}
+PHOTO = {**OFF, "flip": True, "crop_area": 0.35, "jitter": 0.2}
+BOOK = {**OFF, "flip": True, "zoom": 0.2, "rotation": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("dataset", "shape", "augment", "expected"),
+    [
+        # auto: translation for digits, the CIFAR recipe for small photos, resized crops,
+        # flips and colour for larger ones.
+        ("digits", (1, 8, 8), "auto", {**OFF, "crop_padding": 1}),
+        ("mnist", (1, 28, 28), "auto", {**OFF, "crop_padding": 2}),
+        ("cifar10", (3, 32, 32), "auto", {**OFF, "crop_padding": 4, "flip": True}),
+        ("imagefolder", (3, 32, 32), "auto", {**OFF, "crop_padding": 4, "flip": True}),
+        ("imagefolder", (3, 64, 64), "auto", PHOTO),
+        ("imagefolder", (3, 24, 180), "auto", {**OFF, "crop_padding": 3, "flip": True}),
+        # Explicit choices whatever the data.
+        ("imagefolder", (3, 180, 180), "book", BOOK),
+        ("cifar10", (3, 32, 32), "photo", PHOTO),
+        ("cifar10", (3, 32, 32), "none", OFF),
+        ("imagefolder", (3, 64, 64), "crop", {**OFF, "crop_padding": 8}),
+    ],
+)
+def test_preparation_resolves_the_augmentation_preset(
+    dataset: str,
+    shape: tuple[int, int, int],
+    augment: Augment,
+    expected: dict[str, Any],
+) -> None:
+    cfg = TrainConfig(dataset=dataset, augment=augment)
+    prep = trainer.preparation(cfg, _prepared(shape))
+    assert {name: getattr(prep, name) for name in expected} == expected
+    assert prep.mean == (0.5,) * shape[0]
+    assert prep.channels_last is False
+
+
+def test_crop_padding_applies_to_the_crop_presets_only() -> None:
+    def prep(augment: Augment) -> Preparation:
+        cfg = TrainConfig(dataset="imagefolder", augment=augment, crop_padding=3)
+        return trainer.preparation(cfg, _prepared((3, 64, 64)))
+
+    assert prep("crop_flip").crop_padding == 3
+    assert prep("photo").crop_padding == 0
+    assert prep("book").crop_padding == 0

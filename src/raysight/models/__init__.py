@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from raysight.errors import ConfigError
+from raysight.models.catsdogs import CatsDogsNet
 from raysight.models.convnet import ConvNet
 from raysight.models.resnet import ResNet, ResNet9
 
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MODELS",
+    "CatsDogsNet",
     "ConvNet",
     "ModelSpec",
     "ResNet",
@@ -66,6 +68,13 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType(
                 defaults=MappingProxyType({}),
                 description="Chollet's MNIST convnet (93k params at 28x28); "
                 "padding='same' for tiny images",
+            ),
+            ModelSpec(
+                name="catsdogs",
+                builder=CatsDogsNet,
+                defaults=MappingProxyType({}),
+                description="Chollet's cats-vs-dogs convnet from scratch (1.0M params at "
+                "180x180, dropout 0.5); padding='same' under 78x78",
             ),
             ModelSpec(
                 name="resnet9",

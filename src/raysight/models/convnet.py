@@ -14,13 +14,13 @@ import torch.nn.functional as F  # noqa: N812  (the conventional alias)
 from torch import nn
 
 from raysight.errors import ConfigError
-from raysight.models._validate import image_size_pair, positive_int
+from raysight.models._validate import dropout_layer, image_size_pair, positive_int
 
 Padding = Literal["valid", "same"]
 PADDINGS: tuple[Padding, ...] = ("valid", "same")
 
 
-def _shrink_by_conv(size: int, padding: Padding) -> int:
+def shrink_by_conv(size: int, padding: Padding) -> int:
     """Side length after a 3x3 stride-1 convolution."""
     return size if padding == "same" else size - 2
 
@@ -38,11 +38,11 @@ def feature_side(size: int, padding: Padding) -> int:
     Returns:
         The side of the final feature map; 0 or less means the input is too small.
     """
-    size = _shrink_by_conv(size, padding)
+    size = shrink_by_conv(size, padding)
     size = size // 2
-    size = _shrink_by_conv(size, padding)
+    size = shrink_by_conv(size, padding)
     size = size // 2
-    return _shrink_by_conv(size, padding)
+    return shrink_by_conv(size, padding)
 
 
 def min_image_side(padding: Padding) -> int:
@@ -62,6 +62,7 @@ class ConvNet(nn.Module):
         width: int = 32,
         hidden: int = 64,
         padding: str = "valid",
+        dropout: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -76,6 +77,8 @@ class ConvNet(nn.Module):
             hidden: Units of the dense hidden layer (64 in the book).
             padding: ``"valid"`` (the book's) or ``"same"``; use ``"same"`` for inputs
                 under 18x18 such as the 8x8 digits, which valid convolutions shrink to nothing.
+            dropout: Share of the hidden units zeroed in training, in [0, 1); 0, the
+                book's, turns it off.
             device: Where to allocate parameters; placement is the caller's decision.
             dtype: Parameter dtype.
 
@@ -104,6 +107,9 @@ class ConvNet(nn.Module):
         self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=pad, device=device, dtype=dtype)
         self.conv3 = nn.Conv2d(2 * width, 2 * width, 3, padding=pad, device=device, dtype=dtype)
         self.fc = nn.Linear(2 * width * out_h * out_w, hidden, device=device, dtype=dtype)
+        # Registered before the head, which stays the last module: fine-tuning replaces
+        # the last Linear.
+        self.dropout = dropout_layer(dropout)
         self.head = nn.Linear(hidden, num_classes, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,4 +122,5 @@ class ConvNet(nn.Module):
         x = F.relu(self.conv3(x))  # (B, 64, 3, 3)
         x = torch.flatten(x, 1)  # (B, 576)
         x = F.relu(self.fc(x))  # (B, 64)
+        x = self.dropout(x)  # (B, 64)
         return self.head(x)  # (B, num_classes): logits, softmax is the caller's

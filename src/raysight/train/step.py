@@ -15,18 +15,34 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from raysight.data.transforms import normalize, random_crop, random_flip
+from raysight.data.transforms import (
+    color_jitter,
+    random_affine,
+    random_crop,
+    random_flip,
+    random_resized_crop,
+    standardize,
+    to_unit,
+)
 
 
 @dataclass(frozen=True)
 class Preparation:
-    """How a uint8 batch becomes the model's input on the device."""
+    """How a uint8 batch becomes the model's input on the device.
+
+    Augmentations apply to training batches only. The fields after `channels_last` default
+    to off, so a Preparation that names only the crop and the flip does just those.
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop_padding: int  # 0: no random crop
     flip: bool
     channels_last: bool
+    crop_area: float = 1.0  # smallest area share of a random resized crop; 1.0: none
+    zoom: float = 0.0  # largest relative zoom in or out; 0: none
+    rotation: float = 0.0  # largest angle, in full turns; 0: none
+    jitter: float = 0.0  # brightness, contrast and saturation strength; 0: none
 
 
 @dataclass
@@ -88,15 +104,33 @@ class Stepper:
         self._generator = torch.Generator(device=device).manual_seed(seed)
 
     def _inputs(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True)  # (B, C, H, W) uint8
-        x = normalize(x, self.prep.mean, self.prep.std)  # (B, C, H, W) float32
-        if augment and self.prep.crop_padding:
-            # After normalisation, zero padding means "mean colour", not black.
-            x = random_crop(x, self.prep.crop_padding, self._generator)
-        if augment and self.prep.flip:
-            x = random_flip(x, self._generator)
-        if self.prep.channels_last:
+        prep = self.prep
+        x = to_unit(images.to(self.device, non_blocking=True))  # (B, C, H, W) float32, [0, 1]
+        if augment:
+            # Colour on [0, 1] pixels, where brightness, contrast and saturation have their
+            # photographic meaning and the result can be clipped to the pixel range.
+            x = color_jitter(x, prep.jitter, prep.jitter, prep.jitter, self._generator)
+        x = standardize(x, prep.mean, prep.std)
+        if augment:
+            x = self._move(x)
+        if prep.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _move(self, x: torch.Tensor) -> torch.Tensor:
+        """The geometric augmentations of a standardised (B, C, H, W) batch.
+
+        They come after standardisation, so that the zeros filling pixels moved in from
+        outside the image are the mean colour, not black.
+        """
+        prep, generator = self.prep, self._generator
+        if prep.crop_area < 1.0:
+            x = random_resized_crop(x, (prep.crop_area, 1.0), generator=generator)
+        x = random_affine(x, zoom=prep.zoom, rotation=prep.rotation, generator=generator)
+        if prep.crop_padding:
+            x = random_crop(x, prep.crop_padding, generator)
+        if prep.flip:
+            x = random_flip(x, generator)
         return x
 
     def train_batch(

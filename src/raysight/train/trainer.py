@@ -32,6 +32,7 @@ from raysight.data import NATURAL_IMAGES, ArrayDataset
 from raysight.errors import CheckpointError, ConfigError, RaysightError
 from raysight.evaluate import Evaluation
 from raysight.models import build_model, resolve_kwargs
+from raysight.train.augment import RECIPES, resolve_preset
 from raysight.train.data_prep import (
     PreparedData,
     decode_once,
@@ -237,21 +238,23 @@ def _check_output(output: str) -> None:
 
 def preparation(cfg: TrainConfig, data: PreparedData) -> Preparation:
     """Resolve augmentation ("auto") and placement choices into the device-side recipe."""
-    augment = cfg.augment
-    if augment == "auto":
-        augment = "crop_flip" if cfg.dataset in NATURAL_IMAGES else "crop"
-    height = data.input_shape[1]
+    _, height, width = data.input_shape
+    natural = cfg.dataset in NATURAL_IMAGES
+    recipe = RECIPES[resolve_preset(cfg.augment, natural=natural, side=min(height, width))]
     # Default translation: an eighth of the side for photos (4 px on CIFAR's 32), a
     # fourteenth for centred digits (2 px on MNIST's 28, 1 on the 8x8 digits); 4 px on MNIST
     # costs about 0.2 points of test accuracy after 5 epochs (measured: 99.10% vs 99.35%).
-    natural = cfg.dataset in NATURAL_IMAGES
     padding = cfg.crop_padding or max(1, round(height / (8 if natural else 14)))
     return Preparation(
         mean=data.preprocessing.mean,
         std=data.preprocessing.std,
-        crop_padding=0 if augment == "none" else padding,
-        flip=augment == "crop_flip",
+        crop_padding=padding if recipe.translate else 0,
+        flip=recipe.flip,
         channels_last=cfg.gpu,
+        crop_area=recipe.crop_area,
+        zoom=recipe.zoom,
+        rotation=recipe.rotation,
+        jitter=recipe.jitter,
     )
 
 
