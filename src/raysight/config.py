@@ -183,7 +183,7 @@ class TrainConfig:
     workers: int = field(default=2, metadata=doc("Ray Train workers (DDP ranks)."))
     gpu: bool = field(
         default=False,
-        metadata=doc("One GPU per worker; enables bf16 autocast and channels_last."),
+        metadata=doc("One GPU per worker; enables bf16 autocast."),
     )
     cpus_per_worker: float = field(
         default=0.0,

@@ -62,3 +62,42 @@ def ray_cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+CIFAR_JPEG = (
+    Path(__file__).resolve().parents[2].parent / "shared/datasets/cifar10/cifar10-jpeg.tar.gz"
+)
+
+
+def test_resnet9_on_cifar10_jpegs_with_bf16_and_channels_last(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """ResNet-9 at full width on the shared CIFAR-10 JPEGs, decoded once, bf16 and
+    channels_last on one GPU; time to 93% is measured by bench/time_to_accuracy.py."""
+    import tarfile
+
+    if ray_cluster_gpus() < 1:
+        pytest.skip("the test cluster sees no GPU")
+    if not CIFAR_JPEG.exists():
+        pytest.skip(f"no CIFAR-10 JPEG set at {CIFAR_JPEG} (../shared is absent)")
+    with tarfile.open(CIFAR_JPEG) as archive:
+        archive.extractall(tmp_path, filter="data")
+    cfg = TrainConfig(
+        dataset="imagefolder",
+        data_dir=str(tmp_path / "jpeg"),
+        image_size=(32, 32),
+        model="resnet9",
+        epochs=12,
+        batch_size=512,
+        optimizer="sgd",
+        lr=0.2,
+        label_smoothing=0.1,
+        workers=1,
+        gpu=True,
+        max_failures=0,
+        output=str(tmp_path / "resnet9"),
+        storage_path=str(tmp_path / "storage"),
+    )
+    outcome = train(cfg)
+    assert outcome.test.samples == 10_000
+    assert outcome.test.accuracy > 0.9
