@@ -19,6 +19,16 @@ from raysight.errors import InputError
 logger = logging.getLogger(__name__)
 
 
+def _owned(array: np.ndarray, dtype: type[np.generic] | None = None) -> np.ndarray:
+    """`array` as C-contiguous, writable `dtype`, copied only when it is not already.
+
+    torch refuses to share memory it may not write (an array mapped from Ray's object store,
+    or over a request's bytes) without a warning; a copy of such a batch costs far less than
+    the forward pass.
+    """
+    return np.require(array, dtype=dtype or array.dtype, requirements=["C", "W"])
+
+
 class Engine:
     """A checkpoint's model on one device, ready for batches."""
 
@@ -57,7 +67,7 @@ class Engine:
             (B, K) float32 logits, K = number of classes.
         """
         self._check_shape(inputs, "inputs")
-        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
+        x = torch.from_numpy(_owned(inputs, np.float32)).to(self.device)
         return self.model(x).float().cpu().numpy()
 
     @torch.no_grad()
@@ -71,7 +81,7 @@ class Engine:
             (B, C, H, W) float32.
         """
         self._check_shape(images, "images")
-        x = torch.from_numpy(np.ascontiguousarray(images))
+        x = torch.from_numpy(_owned(images))
         return normalize(x, self._mean, self._std).numpy()
 
     @torch.no_grad()
@@ -87,5 +97,5 @@ class Engine:
         self._check_shape(images, "images")
         if images.dtype != np.uint8:
             raise InputError(f"images must be uint8 pixels, got {images.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        x = torch.from_numpy(_owned(images)).to(self.device)
         return self.model(normalize(x, self._mean, self._std)).float().cpu().numpy()

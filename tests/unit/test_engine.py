@@ -1,0 +1,50 @@
+"""The engine over arrays it may not write: Ray's object store maps them read-only."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raysight.checkpoint import Manifest, Preprocessing, load_checkpoint, save_checkpoint
+from raysight.engine import Engine
+from raysight.models import build_model, resolve_kwargs
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    torch.manual_seed(0)
+    kwargs = resolve_kwargs("convnet", in_channels=1, num_classes=3, image_size=(8, 8),
+                            padding="same")  # fmt: skip
+    state = build_model("convnet", **kwargs).state_dict()
+    manifest = Manifest.new(
+        model="convnet",
+        model_kwargs=kwargs,
+        input_shape=(1, 8, 8),
+        preprocessing=Preprocessing(mean=[0.5], std=[0.25]),
+        class_names=["a", "b", "c"],
+        dataset="digits",
+        metrics={},
+        train_config={},
+        epoch=1,
+    )
+    return Engine(load_checkpoint(save_checkpoint(tmp_path, state_dict=state, manifest=manifest)))
+
+
+def test_read_only_pixels_are_classified_without_a_warning(engine: Engine) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8), dtype=np.uint8)
+    frozen = pixels.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "not writable" UserWarning fails the test
+        logits = engine.classify_pixels(frozen)
+        inputs = engine.normalize(frozen)
+        frozen_inputs = inputs.copy()
+        frozen_inputs.flags.writeable = False
+        again = engine.logits(frozen_inputs)
+    np.testing.assert_array_equal(logits, engine.classify_pixels(pixels))
+    np.testing.assert_allclose(again, logits, rtol=1e-6, atol=1e-6)
+    assert not frozen.flags.writeable  # the caller's array is left as it was
