@@ -169,13 +169,12 @@ BOOK = {**OFF, "flip": True, "zoom": 0.2, "rotation": 0.1}
 @pytest.mark.parametrize(
     ("dataset", "shape", "augment", "expected"),
     [
-        # auto: translation for digits, the CIFAR recipe for small photos, resized crops,
-        # flips and colour for larger ones.
+        # auto: translation for digits, translation and flips for photos of any size.
         ("digits", (1, 8, 8), "auto", {**OFF, "crop_padding": 1}),
         ("mnist", (1, 28, 28), "auto", {**OFF, "crop_padding": 2}),
         ("cifar10", (3, 32, 32), "auto", {**OFF, "crop_padding": 4, "flip": True}),
         ("imagefolder", (3, 32, 32), "auto", {**OFF, "crop_padding": 4, "flip": True}),
-        ("imagefolder", (3, 64, 64), "auto", PHOTO),
+        ("imagefolder", (3, 64, 64), "auto", {**OFF, "crop_padding": 8, "flip": True}),
         ("imagefolder", (3, 24, 180), "auto", {**OFF, "crop_padding": 3, "flip": True}),
         # Explicit choices whatever the data.
         ("imagefolder", (3, 180, 180), "book", BOOK),
