@@ -31,9 +31,9 @@ _STATS_SAMPLE = 512
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Data resolved on the driver, without Ray: either in-memory splits (`arrays`) or the
-    file indexes of an image folder (`indexes`), streamed through Ray Data once training
-    starts; never both."""
+    """Data resolved on the driver: either in-memory splits (`arrays`) or the file indexes
+    of an image folder (`indexes`), never both. `decode_once` turns indexes into arrays when
+    they fit; otherwise Ray Data streams them once training starts."""
 
     input_shape: tuple[int, int, int]
     class_names: tuple[str, ...]

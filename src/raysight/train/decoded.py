@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import ray
@@ -41,6 +42,17 @@ def fits_in_memory(total_bytes: int) -> bool:
     return total_bytes <= store * _STORE_SHARE
 
 
+def gather(pending: list[ray.ObjectRef]) -> list[Any]:
+    """`ray.get` of tasks that read files: a task's DataError comes back as itself, naming
+    the file, not wrapped in Ray's traceback."""
+    try:
+        return ray.get(pending)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, DataError):
+            raise DataError(str(exc.cause)) from None
+        raise
+
+
 @ray.remote(num_cpus=1)
 def _decode_chunk(paths: Sequence[str], size: tuple[int, int], channels: int) -> np.ndarray:
     # Returns (len(paths), C, H, W) uint8.
@@ -70,12 +82,7 @@ def decode_index(
         _decode_chunk.remote(index.paths[i : i + _CHUNK], (height, width), channels)
         for i in range(0, len(index.paths), _CHUNK)
     ]
-    try:
-        images = np.concatenate(ray.get(chunks))  # (N, C, H, W)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, DataError):
-            raise DataError(str(exc.cause)) from None  # the file's name, not a traceback
-        raise
+    images = np.concatenate(gather(chunks))  # (N, C, H, W)
     logger.info(
         "%s images (%s/%s): decoded %d images once (%.0f MB) in %.1fs",
         role,

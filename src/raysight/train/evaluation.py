@@ -21,7 +21,7 @@ from raysight.checkpoint import LoadedCheckpoint, Manifest
 from raysight.data import ArrayDataset, load_arrays
 from raysight.data.imagefolder import ImageFolderIndex, scan
 from raysight.engine import Engine
-from raysight.errors import ConfigError, DataError
+from raysight.errors import ConfigError
 from raysight.evaluate import (
     Evaluation,
     Tally,
@@ -30,6 +30,7 @@ from raysight.evaluate import (
     file_batches,
     tally,
 )
+from raysight.train.decoded import gather
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +129,7 @@ def evaluate_on_workers(
             by_files.remote(stored, split.paths[rows], split.labels[rows], placement)
             for rows in shards
         ]
-    try:
-        tallies: list[Tally] = ray.get(pending)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, DataError):
-            raise DataError(str(exc.cause)) from None  # the file's name, not a traceback
-        raise
+    tallies: list[Tally] = gather(pending)
     total = sum(tallies[1:], tallies[0])
     logger.debug(
         "scored %d images in %d shards in %.1fs", n, len(shards), time.perf_counter() - start
