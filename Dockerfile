@@ -48,7 +48,11 @@ RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml
 COPY --chown=1000:100 README.md ./
 COPY --chown=1000:100 src ./src
 RUN pip install --no-deps --no-cache-dir . \
-    && rm -rf build src/raysight.egg-info
+    && rm -rf build src/raysight.egg-info \
+    && test -x /home/ray/anaconda3/bin/raysight-haproxy
+# Ray Serve runs HAProxy through raysight's launcher: stats and metrics listeners on
+# 127.0.0.1, an admin socket for its owner only, TLS from RAYSIGHT_TLS_* (the chart's tls).
+ENV RAY_SERVE_HAPROXY_BINARY_PATH=/home/ray/anaconda3/bin/raysight-haproxy
 # The training entrypoint a RayJob runs (python services/train_job.py) and the Serve config.
 COPY --chown=1000:100 services ./services
 

@@ -1,8 +1,10 @@
-"""Keys and certificates made in the test, for signing checkpoints (nothing fetched)."""
+"""Keys and certificates made in the test, for signing checkpoints and for TLS (nothing
+fetched)."""
 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,86 @@ def certified_key(directory: Path, name: str = "signer") -> CertifiedKey:
     paths.certificate.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     paths.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     return paths
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS server on 127.0.0.1 and its clients."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    stranger_cert: Path
+    """A client certificate from another CA, which the server must refuse under mutual TLS."""
+    stranger_key: Path
+
+
+def tls_files(directory: Path) -> TlsFiles:
+    """A CA; a server certificate for 127.0.0.1 and localhost and a client certificate it
+    signed; a client certificate signed by another CA."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, ca = _tls_ca("raysight test CA", now)
+    stranger_ca_key, _ = _tls_ca("stranger CA", now)
+    names = x509.SubjectAlternativeName(
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    )
+    files = TlsFiles(
+        *(
+            directory / f
+            for f in (
+                "ca.crt",
+                "server.crt",
+                "server.key",
+                "client.crt",
+                "client.key",
+                "stranger.crt",
+                "stranger.key",
+            )
+        )
+    )
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for cert, key, issuer_key, issuer, usage, extra in (
+        (files.server_cert, files.server_key, ca_key, ca, ExtendedKeyUsageOID.SERVER_AUTH, names),
+        (files.client_cert, files.client_key, ca_key, ca, ExtendedKeyUsageOID.CLIENT_AUTH, None),
+        (
+            files.stranger_cert,
+            files.stranger_key,
+            stranger_ca_key,
+            None,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            None,
+        ),
+    ):
+        leaf_key = ec.generate_private_key(ec.SECP256R1())
+        issuer_name = issuer.subject if issuer is not None else _name("stranger CA")
+        builder = (
+            _builder(_name(cert.stem), issuer_name, leaf_key.public_key(), now)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if extra is not None:
+            builder = builder.add_extension(extra, critical=False)
+        cert.write_bytes(
+            builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        )
+        key.write_bytes(_private_pem(leaf_key))
+    return files
+
+
+def _tls_ca(
+    name: str, now: datetime.datetime
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        _builder(_name(name), _name(name), key.public_key(), now)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_usage(cert_sign=True), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

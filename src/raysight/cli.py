@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def console_main() -> int:
+    """The `raysight` console script: `main` in a process of its own, whose environment a
+    local cluster inherits."""
+    _local_cluster_on_loopback()
+    return main()
+
+
+def _local_cluster_on_loopback() -> None:
+    """A Ray cluster this command starts listens on 127.0.0.1 only.
+
+    Ray 2.60 takes the machine's outward address as a local node's and binds its servers and
+    its metrics exporter to every interface; with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (its
+    single-machine mode, the default on macOS) it uses 127.0.0.1 instead. Ray reads the
+    variable when it is imported, so before any command imports it; the processes the
+    cluster starts inherit it. Not when joining RAY_ADDRESS: the driver must then be
+    reachable at the node's real address.
+    """
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def _interrupt(signum: int, frame: object) -> None:

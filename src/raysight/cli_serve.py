@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from raysight.errors import ConfigError
 from raysight.flags import add_flags, flag_overrides
+from raysight.serve.haproxy_launch import ADMIN_HOST_ENV, CERT_ENV, CLIENT_CA_ENV, KEY_ENV
 from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, MESSAGE_SIZE_ENV, ServeSettings
+from raysight.serve.tls import ServerTls
 
 INGRESS_MODES = ("haproxy", "proxy")  # the first is a local cluster's default
 
@@ -25,6 +29,13 @@ def add_commands(commands: Any) -> None:
         "Inference Protocol, the image API and gRPC health on one port.",
     )
     serve.add_argument("--grpc-port", type=int, default=9000)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface the gRPC and HTTP ports of a local cluster listen on (default "
+        "127.0.0.1; 0.0.0.0 for every interface). Ray's own ports and HAProxy's stats and "
+        "metrics stay on 127.0.0.1",
+    )
     serve.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP port")
     serve.add_argument(
         "--metrics-port",
@@ -49,6 +60,16 @@ def add_commands(commands: Any) -> None:
         "A cluster at RAY_ADDRESS keeps the mode it was started with: there the flag only "
         "insists on it",
     )
+    tls = serve.add_argument_group(
+        "TLS (terminated by HAProxy: a local cluster with the haproxy ingress)"
+    )
+    tls.add_argument("--tls-cert", metavar="PEM", help="the server's certificate chain")
+    tls.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    tls.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="CA certificates; clients must present a certificate one of them signed (mutual TLS)",
+    )
     serve.add_argument(
         "--demo",
         type=int,
@@ -70,6 +91,15 @@ def add_commands(commands: Any) -> None:
     predict.add_argument("--target", default="127.0.0.1:9000", help="HOST:PORT of the server")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="connect over TLS, trusting these CA certificates for the server's",
+    )
+    predict.add_argument(
+        "--tls-cert", metavar="PEM", help="this client's certificate, for mutual TLS"
+    )
+    predict.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    predict.add_argument(
         "--application",
         default="",
         help="Ray Serve application to address (metadata `application`); needed only when "
@@ -88,19 +118,14 @@ def _positive_int(text: str) -> int:
 def _serve(args: argparse.Namespace) -> int:
     # First, so a bad setting or checkpoint is refused before a cluster starts.
     settings = _settings_from_args(args)
+    tls = _server_tls(args)
     _check_checkpoint(settings, local_cluster=not os.environ.get("RAY_ADDRESS"))
     from raysight.cluster import check_port_free, connected
 
     if not os.environ.get("RAY_ADDRESS"):  # a local cluster: its ports are on this machine
         check_port_free(args.grpc_port, "stop it, or pick another port with --grpc-port")
         check_port_free(args.http_port, "stop it, or pick another port with --http-port")
-        # Read by Serve's controller, which the local cluster starts with this environment;
-        # set either way, so a value left in the shell cannot pick the mode instead.
-        local_ingress = args.ingress or INGRESS_MODES[0]
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if local_ingress == "haproxy" else "0"
-        # The classic proxy reads its cap from the cluster's environment (replicas get it
-        # from the Serve config).
-        os.environ[MESSAGE_SIZE_ENV] = str(args.max_message_bytes)
+        os.environ.update(_local_cluster_env(args, tls))
     from raysight.serve import runner
 
     stop = threading.Event()
@@ -137,12 +162,15 @@ def _serve_until_stopped(
         settings,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
+        host=args.host,
         replicas=args.replicas,
         num_gpus=args.num_gpus,
         max_message_bytes=args.max_message_bytes,
     )
     deployed = runner.deploy(config, ingress=ingress)
     ingress_words = _ingress_words(deployed.ingress)
+    if args.tls_cert:
+        ingress_words += ", mutual TLS" if args.tls_client_ca else ", TLS"
     print(f"serving {checkpoint} on gRPC port {args.grpc_port} ({ingress_words})")
     if settings.rest:
         print(f"KServe V2 REST: http://127.0.0.1:{args.http_port}/v2")
@@ -181,6 +209,70 @@ def _check_checkpoint(settings: ServeSettings, *, local_cluster: bool) -> None:
         return
     check_signature(checkpoint, settings.trust)
     verify_checkpoint(checkpoint, expected_sha256=settings.trust.sha256)
+
+
+def _server_tls(args: argparse.Namespace) -> ServerTls | None:
+    """The TLS files, checked, where this command can apply them.
+
+    Raises:
+        ConfigError: the files are unusable, or TLS is asked of a cluster or ingress that
+            this command cannot give it to.
+    """
+    tls = ServerTls.from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
+    if tls is None:
+        return None
+    if os.environ.get("RAY_ADDRESS"):
+        raise ConfigError(
+            "TLS is set where a cluster starts: put RAYSIGHT_TLS_CERT, RAYSIGHT_TLS_KEY (and "
+            "RAYSIGHT_TLS_CLIENT_CA) and RAY_SERVE_HAPROXY_BINARY_PATH=$(which "
+            "raysight-haproxy) in the environment of `ray start` (the Helm chart's "
+            "serve.tls does), or unset RAY_ADDRESS to start a local cluster"
+        )
+    if args.ingress == "proxy":
+        raise ConfigError(
+            "TLS terminates in HAProxy; Ray's classic gRPC proxy has none: drop "
+            "--ingress proxy (the default is haproxy) or the --tls-* flags"
+        )
+    if args.demo:
+        raise ConfigError("--demo speaks plaintext; with TLS use `raysight predict --tls-ca`")
+    tls.check()
+    return tls
+
+
+def _local_cluster_env(args: argparse.Namespace, tls: ServerTls | None) -> dict[str, str]:
+    """What the local cluster's processes read from the environment they start with."""
+    ingress = args.ingress or INGRESS_MODES[0]
+    env = {
+        # Read by Serve's controller; set either way, so a value left in the shell cannot
+        # pick the mode instead.
+        "RAY_SERVE_ENABLE_HA_PROXY": "1" if ingress == "haproxy" else "0",
+        # The classic proxy reads its cap from here (replicas get it from the Serve config).
+        MESSAGE_SIZE_ENV: str(args.max_message_bytes),
+        # HAProxy runs through raysight's launcher: admin listeners on 127.0.0.1, TLS.
+        "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy_launcher(),
+        ADMIN_HOST_ENV: "127.0.0.1",
+    }
+    for name in (CERT_ENV, KEY_ENV, CLIENT_CA_ENV):
+        env[name] = ""  # a value left in the shell must not turn TLS on
+    if tls is not None:
+        env.update(tls.cluster_env())
+    return env
+
+
+def haproxy_launcher() -> str:
+    """The `raysight-haproxy` script installed beside this interpreter's `raysight`.
+
+    Raises:
+        ConfigError: the package was installed without its scripts.
+    """
+    path = Path(sys.executable).parent / "raysight-haproxy"
+    found = str(path) if path.is_file() else shutil.which("raysight-haproxy")
+    if not found:
+        raise ConfigError(
+            "raysight-haproxy is not installed beside raysight: reinstall the package "
+            "(pip install raysight) so its scripts are on PATH"
+        )
+    return found
 
 
 def _ingress_words(mode: str | None) -> str:
@@ -234,9 +326,22 @@ def _demo(checkpoint: str, port: int, count: int, application: str) -> None:
 def _predict(args: argparse.Namespace) -> int:
     import grpc
 
-    from raysight.client import ImageClient
+    from raysight.client import ClientTls, ImageClient
 
-    with ImageClient(args.target, application=args.application) as client:
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together (mutual TLS)")
+        tls = ClientTls(
+            ca=Path(args.tls_ca) if args.tls_ca else None,
+            cert=Path(args.tls_cert) if args.tls_cert else None,
+            key=Path(args.tls_key) if args.tls_key else None,
+        )
+    try:
+        client = ImageClient(args.target, application=args.application, tls=tls)
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from exc
+    with client:
         for path in args.images:
             try:
                 result = client.classify(Path(path).read_bytes(), top_k=args.top_k)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -30,6 +31,38 @@ class Classification:
     error: str = ""  # set only for a failed image in a stream
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS for the channel: the CA certificates (PEM) that signed the server's certificate
+    (None: the system's roots), and for mutual TLS this client's certificate and key."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials from the files.
+
+        Raises:
+            OSError: a file cannot be read.
+            ValueError: only one of the certificate and the key is given.
+        """
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes() if self.ca else None,
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
+
+
+def open_channel(target: str, tls: ClientTls | None = None) -> grpc.Channel:
+    """A channel to `target` (HOST:PORT), over TLS when `tls` is given."""
+    if tls is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, tls.credentials())
+
+
 class ImageClient:
     """Classify encoded images (PNG, JPEG, WebP) over gRPC.
 
@@ -38,15 +71,22 @@ class ImageClient:
             print(client.classify(open("cat.jpg", "rb").read()).labels[0])
     """
 
-    def __init__(self, target: str, timeout: float = 30.0, application: str = "") -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 30.0,
+        application: str = "",
+        tls: ClientTls | None = None,
+    ) -> None:
         """
         Args:
             target: HOST:PORT of the server.
             timeout: seconds each call may take.
             application: the Ray Serve application to address, sent as the `application`
                 metadata; needed only when other Serve applications share the cluster.
+            tls: connect over TLS with these files; None: plaintext.
         """
-        self._channel = grpc.insecure_channel(target)
+        self._channel = open_channel(target, tls)
         self._stub = pb_grpc.ImageServiceStub(self._channel)
         self._timeout = timeout
         self._metadata = (("application", application),) if application else None

@@ -29,7 +29,7 @@ DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
 EVERYTHING = {
     "monitoring": {"enabled": True, "rules": {"enabled": True}},
     "ray": {"auth": {"enabled": True}},
-    "tls": {"secretName": "raysight-tls"},
+    "tls": {"secretName": "raysight-tls", "requireClientCertificate": True},
     "serve": {"settings": {"checkpoint_sha256": "ab" * 32}},
     "train": {"activeDeadlineSeconds": 86400},
 }
@@ -413,6 +413,36 @@ def test_tls_secret_is_mounted_read_only_for_serving() -> None:
         assert all(m["name"] != "tls" for m in container["volumeMounts"])
 
 
+def test_haproxy_grpc_faces_the_service_and_tls_terminates_there() -> None:
+    # Ray binds HAProxy's gRPC frontend beside Serve's HTTP port, on 127.0.0.1: the launcher
+    # must move it, or the Service reaches nothing.
+    for container in ray_containers(one(rendered("defaults"), "RayService")):
+        env = env_of(container)
+        assert env["RAYSIGHT_HAPROXY_GRPC_HOST"] == "0.0.0.0"
+        assert not any(name.startswith("RAYSIGHT_TLS_") for name in env)
+    for container in ray_containers(one(rendered("everything"), "RayService")):
+        env = env_of(container)
+        assert env["RAYSIGHT_TLS_CERT"] == "/etc/raysight/tls/tls.crt"
+        assert env["RAYSIGHT_TLS_KEY"] == "/etc/raysight/tls/tls.key"
+        assert env["RAYSIGHT_TLS_CLIENT_CA"] == "/etc/raysight/tls/ca.crt"
+    server_only = render({"tls": {"secretName": "raysight-tls"}})
+    for container in ray_containers(one(server_only, "RayService")):
+        assert "RAYSIGHT_TLS_CLIENT_CA" not in env_of(container)
+    worker = ray_containers(one(server_only, "RayService"))[1]
+    # The kubelet's gRPC probe has no TLS.
+    assert worker["readinessProbe"]["tcpSocket"] == {"port": 9000}
+    assert "grpc" not in worker["readinessProbe"]
+
+
+def test_dockerfile_runs_haproxy_through_the_launcher() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    launcher = "/home/ray/anaconda3/bin/raysight-haproxy"
+    assert f"ENV RAY_SERVE_HAPROXY_BINARY_PATH={launcher}" in text
+    assert f"test -x {launcher}" in text  # the build fails if pip put it elsewhere
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["raysight-haproxy"] == "raysight.serve.haproxy_launch:main"
+
+
 def test_token_authentication_is_a_value() -> None:
     for variant in ("defaults", "cpu"):
         for obj in kinds(rendered(variant), "RayService") + kinds(rendered(variant), "RayJob"):
@@ -555,6 +585,11 @@ def test_monitoring_is_a_value() -> None:
             "0 Serve replica(s) for 1 worker pod(s)",
         ),
         ({"serve": {"drainSeconds": 90}}, "terminationGracePeriodSeconds"),
+        (
+            {"tls": {"secretName": "t"}, "serve": {"ingress": "proxy"}},
+            "TLS terminates in HAProxy",
+        ),
+        ({"tls": {"requireClientCertificate": True}}, "needs tls.secretName"),
         ({"train": {"enabled": True}}, "train.config.output (/checkpoints/latest)"),
         (
             {

@@ -66,6 +66,7 @@ def serve_config(
     *,
     grpc_port: int = 9000,
     http_port: int = 8000,
+    host: str = "127.0.0.1",
     replicas: int = 1,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
@@ -79,7 +80,8 @@ def serve_config(
     Args:
         settings: the replicas' user_config.
         grpc_port: the gRPC ingress port.
-        http_port: Serve's HTTP port, bound to 127.0.0.1 (routes and Serve's own health).
+        http_port: Serve's HTTP port (the REST API, Serve's routes and its own health).
+        host: the interface both ports listen on; 0.0.0.0 for every one.
         replicas: a fixed replica count, unless `autoscaling` is given.
         num_cpus, num_gpus: per replica; a fractional GPU shares a card.
         max_ongoing_requests: per replica; must exceed the batch size for batches to fill.
@@ -105,7 +107,7 @@ def serve_config(
     else:
         deployment["num_replicas"] = replicas
     return {
-        "http_options": {"host": "127.0.0.1", "port": http_port},
+        "http_options": {"host": host, "port": http_port},
         "grpc_options": {
             "port": grpc_port,
             "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS,

@@ -136,6 +136,21 @@ Arguments: root, haproxy (bool), maxMessageBytes (serving only).
 {{- if .haproxy }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: "1"
+# Ray binds HAProxy's gRPC frontend where Serve's HTTP port is (127.0.0.1); the image's
+# HAProxy launcher (raysight-haproxy) moves it to every interface, to face the Service.
+- name: RAYSIGHT_HAPROXY_GRPC_HOST
+  value: "0.0.0.0"
+{{- with $root.Values.tls.secretName }}
+# TLS terminates in HAProxy, with the Secret mounted under the config dir.
+- name: RAYSIGHT_TLS_CERT
+  value: {{ printf "%s/tls/tls.crt" (include "raysight.configDir" $root) }}
+- name: RAYSIGHT_TLS_KEY
+  value: {{ printf "%s/tls/tls.key" (include "raysight.configDir" $root) }}
+{{- if $root.Values.tls.requireClientCertificate }}
+- name: RAYSIGHT_TLS_CLIENT_CA
+  value: {{ printf "%s/tls/ca.crt" (include "raysight.configDir" $root) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- with .maxMessageBytes }}
 # The classic proxy's cap on gRPC messages (replicas get theirs from serveConfigV2).
