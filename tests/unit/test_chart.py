@@ -154,6 +154,12 @@ def test_notes_say_how_to_call_the_service() -> None:
     assert "port 8080" in notes
     assert "PodMonitor raysight" in notes
     assert "rayjob raysight-train" in notes
+    # "everything" serves mutual TLS: the commands carry the CA and a client certificate.
+    assert "gRPC (mutual TLS)" in notes
+    assert "--tls-ca ca.crt --tls-cert client.crt --tls-key client.key" in notes
+    assert "-plaintext" not in notes
+    plain = render_files(VARIANTS["defaults"]())["raysight/templates/NOTES.txt"]
+    assert "gRPC (plaintext)" in plain and "grpcurl -plaintext" in plain
 
 
 # ---- values and schema ------------------------------------------------------------------------
