@@ -363,6 +363,7 @@ async def run_cell(
     warmup_requests: int = 0,
     timeout_s: float = 30.0,
     stream_reply: StreamReply = "triton",
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> CellResult:
     """Drive `target` with `concurrency` closed-loop callers and measure one window.
 
@@ -378,6 +379,7 @@ async def run_cell(
         warmup_requests: See `requests`.
         timeout_s: Deadline of each call.
         stream_reply: How the server answers ModelStreamInfer (see StreamReply).
+        credentials: TLS credentials; None: plaintext.
 
     Returns:
         The window's throughput, latency percentiles of OK answers, and non-OK counts.
@@ -390,7 +392,7 @@ async def run_cell(
         ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
     ]
-    opened = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+    opened = [_channel(target, credentials, options) for _ in range(channels)]
     try:
         await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), 30) for c in opened))
         cpu_before = _cpu_seconds()
@@ -436,6 +438,16 @@ async def run_cell(
         warmup_errors=dict(window.warmup_errors),
         client_cpu=client_cpu,
     )
+
+
+def _channel(
+    target: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: list[tuple[str, Any]] | None = None,
+) -> grpc.aio.Channel:
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 def _cpu_seconds() -> float:
@@ -500,7 +512,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, help="measure this many requests instead")
     parser.add_argument("--warmup-requests", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="one JSON line per run")
+    parser.add_argument("--tls-ca", help="connect over TLS, trusting this PEM CA")
     args = parser.parse_args()
+    credentials = None
+    if args.tls_ca:
+        credentials = grpc.ssl_channel_credentials(Path(args.tls_ca).read_bytes())
     model = ModelFacts.from_checkpoint(args.checkpoint)
     if args.model_name:
         model = ModelFacts(args.model_name, model.input_shape, model.mean, model.std)
@@ -517,6 +533,7 @@ def main() -> int:
                 requests=args.requests,
                 warmup_requests=args.warmup_requests if args.requests else 0,
                 stream_reply=args.stream_reply,
+                credentials=credentials,
             )
         )
         if args.json:

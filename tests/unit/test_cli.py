@@ -205,3 +205,33 @@ def test_serve_refuses_a_checkpoint_that_is_not_the_pinned_one_before_any_cluste
     assert "checkpoint directory not found" in capsys.readouterr().err
     assert cli.main(["serve", "--checkpoint", str(checkpoint), "--checkpoint-sha256", "ab"]) == 2
     assert "checkpoint_sha256 must be 64 hex digits" in capsys.readouterr().err
+
+
+def test_a_local_cluster_runs_haproxy_through_the_launcher_with_tls_only_when_asked(
+    tmp_path: Path,
+) -> None:
+    from raysight.serve.tls import ServerTls
+
+    args = cli._parser().parse_args(["serve", "--checkpoint", "/ckpt"])
+    env = cli_serve._local_cluster_env(args, None)
+    launcher = Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"])
+    assert launcher.name == "raysight-haproxy" and os.access(launcher, os.X_OK)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAYSIGHT_HAPROXY_ADMIN_HOST"] == "127.0.0.1"
+    # Values left in the shell are overwritten, so they cannot turn TLS on.
+    assert env["RAYSIGHT_TLS_CERT"] == env["RAYSIGHT_TLS_KEY"] == ""
+    tls = ServerTls(cert=tmp_path / "c.pem", key=tmp_path / "k.pem", client_ca=tmp_path / "ca")
+    env = cli_serve._local_cluster_env(args, tls)
+    assert env["RAYSIGHT_TLS_CERT"] == str(tmp_path / "c.pem")
+    assert env["RAYSIGHT_TLS_CLIENT_CA"] == str(tmp_path / "ca")
+
+
+def test_tls_on_a_cluster_raysight_does_not_start_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    args = cli._parser().parse_args(
+        ["serve", "--checkpoint", "/ckpt", "--tls-cert", "c", "--tls-key", "k"]
+    )
+    with pytest.raises(ConfigError, match="environment of `ray start`"):
+        cli_serve._server_tls(args)

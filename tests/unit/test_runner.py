@@ -289,3 +289,14 @@ def test_deploy_reports_an_unknown_mode_honestly(monkeypatch: pytest.MonkeyPatch
     _patch(monkeypatch, client, [None])
     deployed = runner.deploy(config, timeout_s=5, ingress="haproxy")  # cannot check: no refusal
     assert deployed == runner.Deployed(ingress=None, neighbours=())
+
+
+def test_both_ports_listen_on_loopback_unless_told_otherwise() -> None:
+    from raysight import cli
+
+    settings = ServeSettings(checkpoint="/ckpt")
+    assert runner.serve_config(settings)["http_options"]["host"] == "127.0.0.1"
+    assert cli._parser().parse_args(["serve", "--checkpoint", "/ckpt"]).host == "127.0.0.1"
+    # HAProxy binds gRPC where http_options.host says, so --host moves both.
+    config = runner.serve_config(settings, host="0.0.0.0")
+    assert config["http_options"]["host"] == "0.0.0.0"
