@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +23,22 @@ from raysight.models import build_model, resolve_kwargs
 from raysight.serve.runner import APP_NAME
 from raysight.train.feeds import ArrayFeed
 from raysight.train.step import Preparation, Stepper, build_optimizer
+
+
+def serve_argv(checkpoint: Path, grpc_port: int, metrics_port: int, http_port: int) -> list[str]:
+    """The `raysight serve` console script's command line for `checkpoint` on these ports."""
+    return [
+        str(Path(sys.executable).parent / "raysight"),
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--metrics-port",
+        str(metrics_port),
+    ]
 
 
 def digits_checkpoint(directory: Path, seed: int, epochs: int = 4) -> Path:

@@ -15,7 +15,7 @@ import pytest
 from raysight.checkpoint import verify_checkpoint
 from raysight.data import load_arrays
 from tests.conftest import REPO, RayCluster, free_port
-from tests.integration.serving import digits_checkpoint, png, wait_serving
+from tests.integration.serving import digits_checkpoint, png, serve_argv, wait_serving
 from tests.integration.terminal import run_on_terminal, screen
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -186,18 +186,7 @@ def test_serve_and_predict_commands_then_ctrl_c(tmp_path: Path) -> None:
     grpc_port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     server = subprocess.Popen(
-        [
-            str(BIN / "raysight"),
-            "serve",
-            "--checkpoint",
-            str(checkpoint),
-            "--grpc-port",
-            str(grpc_port),
-            "--http-port",
-            str(free_port()),
-            "--metrics-port",
-            str(metrics_port),
-        ],
+        serve_argv(checkpoint, grpc_port, metrics_port, free_port()),
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

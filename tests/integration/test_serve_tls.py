@@ -24,7 +24,7 @@ from raysight.data import load_arrays
 from raysight.engine import Engine
 from raysight.serve.haproxy_launch import MARK
 from tests.conftest import REPO, free_port
-from tests.integration.serving import digits_checkpoint, png
+from tests.integration.serving import digits_checkpoint, png, serve_argv
 from tests.keys import TlsFiles, tls_files
 from tests.sockets import listeners
 
@@ -42,19 +42,7 @@ def _serving(tmp_path: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, in
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAYSIGHT_TLS"))}
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
-        [
-            str(BIN / "raysight"),
-            "serve",
-            "--checkpoint",
-            str(checkpoint),
-            "--grpc-port",
-            str(grpc_port),
-            "--http-port",
-            str(free_port()),
-            "--metrics-port",
-            str(metrics_port),
-            *flags,
-        ],
+        [*serve_argv(checkpoint, grpc_port, metrics_port, free_port()), *flags],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,24 +109,27 @@ def _section(sections: list[tuple[tuple[str, ...], list[str]]], key: tuple[str, 
     return found[0]
 
 
-def _bind_index(lines: list[str], key: tuple[str, ...]) -> int:
-    found = [i for i, line in enumerate(lines) if _BIND.match(line)]
+def _edit_bind(
+    sections: list[tuple[tuple[str, ...], list[str]]],
+    key: tuple[str, ...],
+    edit: Callable[[re.Match[str]], str],
+) -> None:
+    """Replace the one bind line of section `key` with `edit` of its match."""
+    lines = _section(sections, key)
+    found = [(i, m) for i, line in enumerate(lines) if (m := _BIND.match(line))]
     if len(found) != 1:
         raise LaunchError(
             f"`{' '.join(key)}` in Ray's HAProxy configuration has {len(found)} bind lines, "
             "expected 1"
         )
-    return found[0]
+    i, match = found[0]
+    lines[i] = edit(match)
 
 
 def _rebind(
     sections: list[tuple[tuple[str, ...], list[str]]], key: tuple[str, ...], host: str
 ) -> None:
-    lines = _section(sections, key)
-    i = _bind_index(lines, key)
-    match = _BIND.match(lines[i])
-    assert match is not None  # _bind_index matched it
-    lines[i] = f"{match['indent']}bind {host}:{match['port']}{match['rest']}"
+    _edit_bind(sections, key, lambda m: f"{m['indent']}bind {host}:{m['port']}{m['rest']}")
 
 
 def _private_socket(sections: list[tuple[tuple[str, ...], list[str]]]) -> None:
@@ -142,15 +145,13 @@ def _private_socket(sections: list[tuple[tuple[str, ...], list[str]]]) -> None:
 def _terminate_tls(
     sections: list[tuple[tuple[str, ...], list[str]]], key: tuple[str, ...], tls: TlsFiles
 ) -> None:
-    lines = _section(sections, key)
-    i = _bind_index(lines, key)
-    match = _BIND.match(lines[i])
-    assert match is not None
     # gRPC clients negotiate HTTP/2 by ALPN; `proto h2` (in `rest`) stays as Ray wrote it.
     ssl = f" ssl crt {tls.bundle} alpn h2"
     if tls.client_ca is not None:
         ssl += f" ca-file {tls.client_ca} verify required"
-    lines[i] = f"{match['indent']}bind {match['host']}:{match['port']}{ssl}{match['rest']}"
+    _edit_bind(
+        sections, key, lambda m: f"{m['indent']}bind {m['host']}:{m['port']}{ssl}{m['rest']}"
+    )
 
 
 def settings_from_env(env: Mapping[str, str], workdir: Path) -> FrontSettings:
