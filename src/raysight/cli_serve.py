@@ -128,11 +128,11 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ.update(_local_cluster_env(args, tls))
     from raysight.serve import runner
 
-    stop = threading.Event()
+    stop = _StopSignals()
     # Both stop serving (Kubernetes sends SIGTERM); handled here rather than relying on the
     # inherited disposition, which a shell leaves at "ignore" for background jobs.
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, stop.handle)
     with connected(metrics_port=args.metrics_port) as started:
         # Our own cluster runs the mode set above; someone else's, the one it started with.
         ingress = args.ingress or (INGRESS_MODES[0] if started else None)
@@ -147,10 +147,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StopSignals:
+    """What Ctrl-C and SIGTERM do: end the serving loop, so the cluster stops in order; or,
+    before serving starts, interrupt at once. A terminal's Ctrl-C also reaches Ray's
+    processes, and a call still waiting on them (the deploy's request to the dashboard)
+    would then wait for ever."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.serving = False
+
+    def handle(self, signum: int, frame: object) -> None:
+        self.stop.set()
+        if not self.serving:
+            raise KeyboardInterrupt
+
+
 def _serve_until_stopped(
     args: argparse.Namespace,
     settings: ServeSettings,
-    stop: threading.Event,
+    stop: _StopSignals,
     *,
     ingress: str | None,
     local: bool,
@@ -185,7 +201,8 @@ def _serve_until_stopped(
     if local:
         print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics")
     print("Ctrl-C stops", flush=True)
-    while not stop.wait(1.0):
+    stop.serving = True
+    while not stop.stop.wait(1.0):
         pass
 
 

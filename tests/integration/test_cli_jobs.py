@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,33 @@ def test_serve_and_predict_commands_then_ctrl_c(tmp_path: Path) -> None:
             raise
     assert server.returncode == 0
     assert f"gRPC port {grpc_port}" in out
+
+
+def test_ctrl_c_while_serve_is_deploying_stops_at_once(tmp_path: Path) -> None:
+    # The terminal's Ctrl-C reaches Ray's processes too; the command then must not wait on a
+    # deploy request that the stopped cluster will never answer.
+    checkpoint = digits_checkpoint(tmp_path / "ckpt", seed=0, epochs=1)
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with log.open("w") as err:
+        server = subprocess.Popen(
+            serve_argv(checkpoint, free_port(), free_port(), free_port()),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "started a local Ray cluster" not in log.read_text():
+                assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            assert "is running" not in log.read_text()  # still deploying
+            os.killpg(server.pid, signal.SIGINT)
+            returncode = server.wait(timeout=60)
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+    assert returncode == 130
+    assert "Traceback" not in log.read_text()
