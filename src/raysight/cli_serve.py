@@ -340,7 +340,21 @@ def _demo(checkpoint: str, port: int, count: int, application: str) -> None:
     print(f"try: raysight predict {samples}/*.png --target 127.0.0.1:{port}{also}")
 
 
+def _connection_hint(tls: bool) -> str:
+    """What an UNAVAILABLE answer most often means, for the way this client connected."""
+    if tls:
+        return (
+            " (if the server is up: --tls-ca must hold the CA that signed its certificate, "
+            "which must name the --target host, and a server that asks for a client "
+            "certificate needs --tls-cert and --tls-key)"
+        )
+    return " (if the server is up, it may speak TLS only: add --tls-ca)"
+
+
 def _predict(args: argparse.Namespace) -> int:
+    # gRPC's core logs a failed TLS handshake on stderr in its own format; the status below
+    # says what failed, once.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     import grpc
 
     from raysight.client import ClientTls, ImageClient
@@ -366,7 +380,9 @@ def _predict(args: argparse.Namespace) -> int:
                 print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
                 return 2
             except grpc.RpcError as exc:
-                print(f"{path}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                unavailable = exc.code() == grpc.StatusCode.UNAVAILABLE
+                hint = _connection_hint(tls is not None) if unavailable else ""
+                print(f"{path}: {exc.code().name}: {exc.details()}{hint}", file=sys.stderr)
                 return 1
             labels = ", ".join(f"{x.label} ({x.score:.3f})" for x in result.labels)
             print(f"{path}: {labels}")

@@ -189,6 +189,16 @@ def test_mutual_tls_answers_certified_clients_only_and_every_admin_port_is_loopb
             check=False,
         )
         assert no_cert.returncode == 1 and "UNAVAILABLE" in no_cert.stderr
+        assert "--tls-cert and --tls-key" in no_cert.stderr  # the hint
+        assert "ssl_transport_security" not in no_cert.stderr  # gRPC core's own log, silenced
+        plaintext = subprocess.run(
+            [str(BIN / "raysight"), "predict", str(image), "--target", target],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert plaintext.returncode == 1 and "may speak TLS only: add --tls-ca" in plaintext.stderr
 
         # Refused: no client certificate, one from another CA, plaintext, an unknown server.
         assert _refused(target, _credentials(files, client=False)) == grpc.StatusCode.UNAVAILABLE
