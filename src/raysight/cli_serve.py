@@ -7,13 +7,20 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 from raysight.errors import ConfigError
 from raysight.flags import add_flags, flag_overrides
-from raysight.serve.haproxy_launch import ADMIN_HOST_ENV, CERT_ENV, CLIENT_CA_ENV, KEY_ENV
+from raysight.serve.haproxy_launch import (
+    ADMIN_HOST_ENV,
+    BUNDLE_DIR_ENV,
+    CERT_ENV,
+    CLIENT_CA_ENV,
+    KEY_ENV,
+)
 from raysight.serve.settings import DEFAULT_MAX_MESSAGE_BYTES, MESSAGE_SIZE_ENV, ServeSettings
 from raysight.serve.tls import ServerTls
 
@@ -120,12 +127,22 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     tls = _server_tls(args)
     _check_checkpoint(settings, local_cluster=not os.environ.get("RAY_ADDRESS"))
-    from raysight.cluster import check_port_free, connected
+    from raysight.cluster import check_port_free
 
     if not os.environ.get("RAY_ADDRESS"):  # a local cluster: its ports are on this machine
         check_port_free(args.grpc_port, "stop it, or pick another port with --grpc-port")
         check_port_free(args.http_port, "stop it, or pick another port with --http-port")
         os.environ.update(_local_cluster_env(args, tls))
+    if tls is None:
+        return _serve_on_cluster(args, settings)
+    # HAProxy's copy of the TLS key goes in here, and goes when serving stops.
+    with tempfile.TemporaryDirectory(prefix="raysight-tls-") as bundle_dir:
+        os.environ[BUNDLE_DIR_ENV] = bundle_dir
+        return _serve_on_cluster(args, settings)
+
+
+def _serve_on_cluster(args: argparse.Namespace, settings: ServeSettings) -> int:
+    from raysight.cluster import connected
     from raysight.serve import runner
 
     stop = _StopSignals()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import stat
@@ -231,8 +232,12 @@ def test_mutual_tls_answers_certified_clients_only_and_every_admin_port_is_loopb
         for pid in haproxy:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             config = Path(argv[argv.index(b"-f") + 1].decode())
-            assert config.read_text().startswith(MARK)
+            text = config.read_text()
+            assert text.startswith(MARK)
+            (bundle,) = set(re.findall(r" crt (\S+)", text))
+            assert Path(bundle).parent != config.parent  # raysight's own private directory
             assert stat.S_IMODE((config.parent / "admin.sock").stat().st_mode) == 0o600
+    assert not Path(bundle).exists()  # no copy of the key outlives the server
     # Ray stopped every HAProxy it started (it knows them by its file in their command line).
     deadline = time.monotonic() + 30
     while any(Path(f"/proc/{pid}").exists() for pid in haproxy):

@@ -181,3 +181,20 @@ def test_haproxy_accepts_the_rewritten_configuration(tmp_path: Path, mutual: boo
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "Configuration file is valid" in check.stdout + check.stderr
+
+
+def test_the_key_bundle_goes_where_raysight_serve_says(tmp_path: Path) -> None:
+    config = tmp_path / "ray" / "haproxy.cfg"
+    config.parent.mkdir()
+    config.write_text(RAY_CONFIG)
+    private = tmp_path / "private"
+    private.mkdir()
+    files = tls_files(tmp_path)
+    env = {
+        CERT_ENV: str(files.server_cert),
+        KEY_ENV: str(files.server_key),
+        "RAYSIGHT_TLS_BUNDLE_DIR": str(private),
+    }
+    launch_args(["-f", str(config)], env)
+    assert f"ssl crt {private / 'raysight-tls.pem'} alpn h2" in config.read_text()
+    assert not (config.parent / "raysight-tls.pem").exists()

