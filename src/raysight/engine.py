@@ -38,6 +38,11 @@ class Engine:
         self.model = build_from_checkpoint(checkpoint).to(self.device).eval()
         self._mean = self.manifest.preprocessing.mean
         self._std = self.manifest.preprocessing.std
+        # (x / 255 - mean) / std as one multiply-add per pixel: scale and shift (1, C, 1, 1).
+        std = np.asarray(self._std, dtype=np.float64).reshape(1, -1, 1, 1)
+        mean = np.asarray(self._mean, dtype=np.float64).reshape(1, -1, 1, 1)
+        self._scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self._shift = (-mean / std).astype(np.float32)
 
     @classmethod
     def from_directory(cls, path: str | Path, device: str | torch.device = "cpu") -> Engine:
@@ -70,19 +75,24 @@ class Engine:
         x = torch.from_numpy(_owned(inputs, np.float32)).to(self.device)
         return self.model(x).float().cpu().numpy()
 
-    @torch.no_grad()
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """Raw pixels to model-ready inputs with the checkpoint's mean/std (as training did).
+
+        In numpy: a serving replica calls this per request on its event loop, where torch's
+        per-call overhead on one small image cost more than the arithmetic (a profile at 32
+        concurrent UINT8 streams put it at about a quarter of the loop's time).
 
         Args:
             images: (B, C, H, W) uint8.
 
         Returns:
-            (B, C, H, W) float32.
+            (B, C, H, W) float32 `(images / 255 - mean) / std`.
         """
         self._check_shape(images, "images")
-        x = torch.from_numpy(_owned(images))
-        return normalize(x, self._mean, self._std).numpy()
+        out = images.astype(np.float32)
+        out *= self._scale
+        out += self._shift
+        return out
 
     @torch.no_grad()
     def classify_pixels(self, images: np.ndarray) -> np.ndarray:
