@@ -208,8 +208,9 @@ def test_serve_refuses_a_checkpoint_that_is_not_the_pinned_one_before_any_cluste
 
 
 def test_a_local_cluster_runs_haproxy_through_the_launcher_with_tls_only_when_asked(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("RAY_SERVE_HAPROXY_NBTHREAD", raising=False)
     from raysight.serve.tls import ServerTls
 
     args = cli._parser().parse_args(["serve", "--checkpoint", "/ckpt"])
@@ -218,12 +219,15 @@ def test_a_local_cluster_runs_haproxy_through_the_launcher_with_tls_only_when_as
     assert launcher.name == "raysight-haproxy" and os.access(launcher, os.X_OK)
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert env["RAYSIGHT_HAPROXY_ADMIN_HOST"] == "127.0.0.1"
+    assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == str(max(1, (os.cpu_count() or 1) // 4))
     # Values left in the shell are overwritten, so they cannot turn TLS on.
     assert env["RAYSIGHT_TLS_CERT"] == env["RAYSIGHT_TLS_KEY"] == ""
     tls = ServerTls(cert=tmp_path / "c.pem", key=tmp_path / "k.pem", client_ca=tmp_path / "ca")
     env = cli_serve._local_cluster_env(args, tls)
     assert env["RAYSIGHT_TLS_CERT"] == str(tmp_path / "c.pem")
     assert env["RAYSIGHT_TLS_CLIENT_CA"] == str(tmp_path / "ca")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_NBTHREAD", "3")  # the operator's own choice stands
+    assert cli_serve._local_cluster_env(args, None)["RAY_SERVE_HAPROXY_NBTHREAD"] == "3"
 
 
 def test_tls_on_a_cluster_raysight_does_not_start_is_refused(
