@@ -260,7 +260,7 @@ def _server_tls(args: argparse.Namespace) -> ServerTls | None:
             "TLS is set where a cluster starts: put RAYSIGHT_TLS_CERT, RAYSIGHT_TLS_KEY (and "
             "RAYSIGHT_TLS_CLIENT_CA) and RAY_SERVE_HAPROXY_BINARY_PATH=$(which "
             "raysight-haproxy) in the environment of `ray start` (the Helm chart's "
-            "serve.tls does), or unset RAY_ADDRESS to start a local cluster"
+            "tls.secretName does), or unset RAY_ADDRESS to start a local cluster"
         )
     if args.ingress == "proxy":
         raise ConfigError(

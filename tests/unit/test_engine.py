@@ -48,3 +48,17 @@ def test_read_only_pixels_are_classified_without_a_warning(engine: Engine) -> No
     np.testing.assert_array_equal(logits, engine.classify_pixels(pixels))
     np.testing.assert_allclose(again, logits, rtol=1e-6, atol=1e-6)
     assert not frozen.flags.writeable  # the caller's array is left as it was
+
+
+def test_normalize_matches_trainings_preprocessing_and_wants_uint8(engine: Engine) -> None:
+    from raysight.data.transforms import normalize
+    from raysight.errors import InputError
+
+    # Every pixel value, as training's torch transform turns it into model inputs.
+    pixels = np.arange(256, dtype=np.uint8).reshape(4, 1, 8, 8)
+    expected = normalize(torch.from_numpy(pixels), [0.5], [0.25]).numpy()
+    got = engine.normalize(pixels)
+    assert got.dtype == np.float32 and got.shape == (4, 1, 8, 8)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="uint8"):
+        engine.normalize(pixels.astype(np.float32))
