@@ -173,6 +173,7 @@ class CellResult:
     errors: dict[str, int] = field(default_factory=dict)  # non-OK statuses in the window
     warmup_errors: dict[str, int] = field(default_factory=dict)
     client_cpu: float = 0.0  # the load generator's CPU seconds per second of the whole run
+    offered_per_s: float = 0.0  # an open loop's arrival rate (bench/openloop.py); 0: closed
 
     @property
     def requests_per_s(self) -> float:

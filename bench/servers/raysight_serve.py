@@ -6,7 +6,7 @@ import contextlib
 import os
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from servers.process import free_port, running, wait_ready
@@ -16,8 +16,11 @@ READY_TIMEOUT_S = 300.0  # Ray's start plus the first deploy, on a busy 2-core m
 STOP_GRACE_S = 60.0  # the CLI stops its cluster on SIGTERM; give it time before SIGKILL
 
 
-def command(ctx: Context, ingress: str | None, grpc_port: int) -> list[str]:
-    """The command line; None keeps the CLI's default ingress."""
+def command(
+    ctx: Context, ingress: str | None, grpc_port: int, extra: Sequence[str] = ()
+) -> list[str]:
+    """The command line; None keeps the CLI's default ingress; `extra`: more flags, such as
+    serving settings (`--latency-target-s 0.05`)."""
     raysight = Path(os.path.normpath(sys.executable)).with_name("raysight")
     argv = [
         str(raysight),
@@ -37,16 +40,18 @@ def command(ctx: Context, ingress: str | None, grpc_port: int) -> list[str]:
         argv += ["--num-gpus", "1"]
     if ingress:
         argv += ["--ingress", ingress]
-    return argv
+    return argv + list(extra)
 
 
 @contextlib.contextmanager
-def start(ctx: Context, name: str, ingress: str | None) -> Iterator[Running]:
+def start(
+    ctx: Context, name: str, ingress: str | None, extra: Sequence[str] = ()
+) -> Iterator[Running]:
     """Serve the checkpoint until the block ends, on a local cluster of its own."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join another
     env.update(RAY_AUTH_MODE="token", RAY_worker_niceness="0")
     grpc_port = free_port()
-    argv = command(ctx, ingress, grpc_port)
+    argv = command(ctx, ingress, grpc_port, extra)
     log = ctx.log_dir / f"{name}.log"
     with running(argv, log, env=env, grace_s=STOP_GRACE_S) as child:
         target = f"127.0.0.1:{grpc_port}"
