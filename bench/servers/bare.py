@@ -30,7 +30,8 @@ from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight.codec import oip
 from raysight.codec.image import ImageLimits, decode_image
 from raysight.errors import InputError
-from raysight.serve.batching import Batcher, BatchLimits
+from raysight.serve.batch_policy import BatchLimits
+from raysight.serve.batching import Batcher
 from raysight.serve.errors import status_for
 
 SERVICE = "inference.GRPCInferenceService"

@@ -11,14 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from raysight.serve.batching import (
-    Batcher,
-    BatchLimits,
-    BatchPolicy,
-    CostModel,
-    Outputs,
-    PassReport,
-)
+from raysight.serve.batch_policy import BatchLimits, BatchPolicy, CostModel, OverloadedError
+from raysight.serve.batching import Batcher, Outputs, PassReport
 
 GPU_LIKE = (0.005, 0.0001)  # t(n) = 5 ms + 0.1 ms per row: a launch cost dominates
 CPU_LIKE = (0.0, 0.0005)  # t(n) = 0.5 ms per row, no fixed cost
@@ -102,33 +96,65 @@ def test_wait_is_bounded_by_the_setting() -> None:
     assert off.wait_s(queued_rows=1, waited_s=0.0) == 0.0
 
 
-def test_row_cap_is_aimd_on_the_latency_target() -> None:
-    policy = BatchPolicy(BatchLimits(max_batch_size=16, latency_target_s=0.010))
-    assert policy.cap == 16
-    policy.on_pass(rows=16, latency_s=0.030, compute_s=0.020)
-    assert policy.cap == 8
-    for expected in (4, 2, 1, 1):
-        policy.on_pass(rows=8, latency_s=0.030, compute_s=0.020)
-        assert policy.cap == expected
-    for expected in (2, 3, 4):
-        policy.on_pass(rows=1, latency_s=0.002, compute_s=0.001)
-        assert policy.cap == expected
-    for _ in range(40):
-        policy.on_pass(rows=4, latency_s=0.002, compute_s=0.001)
-    assert policy.cap == 16  # never above max_batch_size
-
-
-def test_no_latency_target_keeps_the_cap_at_the_maximum() -> None:
-    policy = BatchPolicy(BatchLimits(max_batch_size=16))
-    policy.on_pass(rows=16, latency_s=10.0, compute_s=5.0)
-    assert policy.cap == 16
-
-
 def test_limits_refuse_nonsense() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         BatchLimits(max_batch_size=0)
     with pytest.raises(ValueError, match=">= 0"):
         BatchLimits(latency_target_s=-1)
+
+
+RESNET_LIKE = (0.0045, 0.0074)  # t(n) = 4.5 ms + 7.4 ms a row: resnet9 at 32x32 on 1 CPU
+
+
+def test_latency_target_sizes_passes_from_their_cost() -> None:
+    """Two passes of the cap fit the target: (0.100 / 2 - 0.0045) / 0.0074 = 6.1 rows."""
+    policy = BatchPolicy(BatchLimits(max_batch_size=32, latency_target_s=0.100))
+    assert policy.cap == 32  # nothing measured yet
+    a, b = RESNET_LIKE
+    for n in list(range(1, 33)) * 3:
+        policy.on_pass(rows=n, compute_s=a + b * n)
+    assert policy.cap == 6
+
+
+def test_passes_of_one_size_count_as_all_per_row_cost() -> None:
+    """Every pass full at 32 rows (sustained overload): the fixed and per-row costs cannot be
+    told apart, so all of it counts per row, which errs towards smaller passes."""
+    policy = BatchPolicy(BatchLimits(max_batch_size=32, latency_target_s=0.100))
+    for _ in range(5):
+        policy.on_pass(rows=32, compute_s=0.240)  # 7.5 ms a row
+    assert policy.cap == 6  # 0.050 / 0.0075 = 6.7
+
+
+def test_a_target_shorter_than_one_row_keeps_one_row_and_the_cap_never_exceeds_the_max() -> None:
+    tight = BatchPolicy(BatchLimits(max_batch_size=32, latency_target_s=0.001))
+    tight.on_pass(rows=1, compute_s=0.012)
+    assert tight.cap == 1
+    loose = BatchPolicy(BatchLimits(max_batch_size=16, latency_target_s=10.0))
+    loose.on_pass(rows=1, compute_s=0.012)
+    assert loose.cap == 16
+
+
+def test_no_latency_target_keeps_the_cap_at_the_maximum_and_refuses_nothing() -> None:
+    policy = BatchPolicy(BatchLimits(max_batch_size=16))
+    policy.on_pass(rows=16, compute_s=5.0)
+    assert policy.cap == 16
+    assert policy.refuses(rows=1, ahead_rows=1_000, busy_s=5.0) is None
+
+
+def test_admission_predicts_the_finish_behind_the_queue() -> None:
+    policy = BatchPolicy(BatchLimits(max_batch_size=32, latency_target_s=0.100))
+    a, b = RESNET_LIKE
+    for n in list(range(1, 33)) * 3:
+        policy.on_pass(rows=n, compute_s=a + b * n)
+    # 5 rows ahead + 1: one pass of 6 after the running one's 10 ms.
+    assert policy.finish_s(rows=1, ahead_rows=5, busy_s=0.010) == pytest.approx(0.010 + a + 6 * b)
+    assert policy.refuses(rows=1, ahead_rows=5, busy_s=0.010) is None  # 59 ms
+    # 11 rows ahead + 1: two passes of 6 after 10 ms: 108 ms, over the target.
+    assert policy.refuses(rows=1, ahead_rows=11, busy_s=0.010) == pytest.approx(
+        0.010 + 2 * a + 12 * b
+    )
+    # An idle model takes anything, even an item that alone is over the target.
+    assert policy.refuses(rows=32, ahead_rows=0, busy_s=0.0) is None
 
 
 # ---- the batcher --------------------------------------------------------------------------
@@ -338,3 +364,48 @@ def test_a_failing_report_does_not_fail_the_items() -> None:
         return await batcher.submit("m", _rows(2, 1.0))
 
     np.testing.assert_array_equal(_run(main)["y"], _rows(2, 2.0))
+
+
+def test_an_item_that_would_finish_past_the_target_is_refused_at_once() -> None:
+    """A real batcher with a fake clock: the model busy, items queue until the predicted
+    finish passes the target; the next is refused with the figures, and nothing it held
+    is left in the queue. The queued ones are answered when the pass ends."""
+    clock = FakeClock()
+    gate = threading.Event()
+    seen: list[np.ndarray] = []
+
+    async def main() -> tuple[int, str, list[Outputs]]:
+        batcher = Batcher(
+            _gated(seen, gate),
+            BatchLimits(max_batch_size=32, latency_target_s=0.100),
+            clock=clock,
+        )
+        a, b = RESNET_LIKE
+        for n in list(range(1, 33)) * 3:
+            batcher.policy.on_pass(rows=n, compute_s=a + b * n)
+        first = asyncio.create_task(batcher.submit("m", _rows(1, 0.0)))  # idle: runs at once
+        await asyncio.sleep(0)
+        tasks = [first]
+        refusal = ""
+        for i in range(1, 40):
+            try:
+                task = asyncio.create_task(batcher.submit("m", _rows(1, i)))
+                await asyncio.sleep(0)
+                if task.done():
+                    task.result()
+                tasks.append(task)
+            except OverloadedError as exc:
+                refusal = str(exc)
+                break
+        queued = batcher.queued
+        gate.set()
+        return queued, refusal, await asyncio.gather(*tasks)
+
+    queued, refusal, answered = _run(main)
+    # The first pass (1 row) has 11.9 ms left on a clock that does not move; queued rows run
+    # in passes of 6: with 9 ahead, the 10th finishes in 11.9 + 2 x 4.5 + 10 x 7.4 = 94.9 ms;
+    # with 10 ahead the 11th would take 102.3 ms, over 100 ms: refused.
+    assert queued == 10
+    assert "about 102 ms, over the latency target of 100 ms" in refusal
+    assert len(answered) == 11
+    assert sum(len(batch) for batch in seen) == 11

@@ -8,6 +8,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from raysight.errors import CheckpointError, ConfigError, InputError
+from raysight.serve.batch_policy import OverloadedError
 from raysight.serve.errors import (
     INTERNAL_MESSAGE,
     ModelNotFoundError,
@@ -85,6 +86,7 @@ def test_served_outputs(outputs: str, served: tuple[str, ...]) -> None:
         (ModelNotFoundError("unknown model"), grpc.StatusCode.NOT_FOUND),
         (NotReadyError("loading"), grpc.StatusCode.UNAVAILABLE),
         (CheckpointError("hash mismatch"), grpc.StatusCode.UNAVAILABLE),
+        (OverloadedError("over the latency target"), grpc.StatusCode.RESOURCE_EXHAUSTED),
     ],
 )
 def test_error_table(error: Exception, code: grpc.StatusCode) -> None:

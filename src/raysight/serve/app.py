@@ -24,7 +24,8 @@ from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight.logs import setup_logging
 from raysight.serve import health, images, oip_service, rest
-from raysight.serve.batching import Batcher, BatchLimits, PassReport
+from raysight.serve.batch_policy import BatchLimits
+from raysight.serve.batching import Batcher, PassReport
 from raysight.serve.boundary import Boundary, set_status
 from raysight.serve.errors import ModelNotFoundError, NotReadyError, Status
 from raysight.serve.metrics import ServingMetrics

@@ -2,29 +2,15 @@
 
 Pure asyncio and numpy: the model is whatever `run(key, batch)` does, in a worker thread.
 
-The policy, in the order it decides:
-
-1. **Dispatch when free.** Whenever fewer than `max_concurrent` passes run and something is
-   queued, a pass starts. It takes the oldest item and, in arrival order, the queued items
-   checked against the same model (a swap may land while items queue; different models
-   never share a pass) while their rows fit the row cap; it stops at the first that does
-   not fit, so a large request is never overtaken for long. An item is never split, and
-   the oldest always goes, even when it alone is over a shrunken cap. Items that arrive
-   while passes run wait and form the next batch: batches grow with load, not with a timer,
-   and a request that finds the model idle runs at once.
-2. **Row cap (AIMD).** With `latency_target_s` > 0, each pass measures its latency: the
-   oldest item's queue wait plus the compute time. Over the target, the cap halves (at
-   least 1 row); otherwise it grows by one row, up to `max_batch_size`. With the target 0
-   the cap stays at `max_batch_size`, which gives the most throughput.
-3. **Waiting pays only for a fixed cost.** Each pass also feeds an exponentially weighted
-   least-squares fit of its compute time t(n) = a + b·n over its n rows. When a model is
-   free and the queued rows q would make a pass mostly fixed cost (a > b·q, as on a GPU
-   with launch overhead), and recent arrivals found other requests in flight (someone is
-   likely to join), the oldest item may wait for more, up to `max_wait_s` and never longer
-   than a: without the wait the latecomers run together in the next pass anyway, so
-   waiting saves at most one fixed cost. It stops waiting once the rows reach the cap or
-   a/b (where the fixed cost is half the pass). On a CPU, where a is near 0, and for a
-   lone request, nothing waits.
+**Dispatch when free.** Whenever fewer than `max_concurrent` passes run and something is
+queued, a pass starts. It takes the oldest item and, in arrival order, the queued items
+checked against the same model (a swap may land while items queue; different models never
+share a pass) while their rows fit the row cap; it stops at the first that does not fit,
+so a large request is never overtaken for long. An item is never split, and the oldest
+always goes, even when it alone is over a shrunken cap. Items that arrive while passes run
+wait and form the next batch: batches grow with load, not with a timer, and a request that
+finds the model idle runs at once. The row cap, whether to wait for company and whether to
+take an item at all are the policy's (serve/batch_policy.py).
 
 Exceptions in a pass fail that pass's items only. An item whose caller goes away before its
 pass starts leaves the queue.
@@ -42,124 +28,13 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from raysight.serve.batch_policy import BatchLimits, BatchPolicy, OverloadedError
+
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 Outputs = dict[str, np.ndarray]
 """A forward pass's outputs by name, each with the batch as its first dimension."""
-
-_DECAY = 0.95  # weight of the past per observation: about the last 20 passes count
-_MIN_SPREAD = 0.25  # variance of n (rows²) below which a and b cannot be told apart
-_COMPANY = 1.0  # mean others in flight at arrival above which someone is likely to join
-
-
-@dataclass(frozen=True)
-class BatchLimits:
-    """The knobs of a batcher, from the serving settings.
-
-    Attributes:
-        max_batch_size: The most rows (images) one pass holds, and one item may carry.
-        max_wait_s: The most the oldest item waits for others, when waiting pays.
-        latency_target_s: Queue wait + compute a pass should stay under; 0 turns the
-            adaptive row cap off.
-        max_concurrent: Forward passes that may run at once.
-    """
-
-    max_batch_size: int = 32
-    max_wait_s: float = 0.005
-    latency_target_s: float = 0.0
-    max_concurrent: int = 1
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_concurrent < 1:
-            raise ValueError(
-                f"max_batch_size and max_concurrent must be at least 1, got "
-                f"{self.max_batch_size}, {self.max_concurrent}"
-            )
-        if self.max_wait_s < 0 or self.latency_target_s < 0:
-            raise ValueError(
-                f"max_wait_s and latency_target_s must be >= 0, got {self.max_wait_s}, "
-                f"{self.latency_target_s}"
-            )
-
-
-class CostModel:
-    """Compute time of a pass, t(n) = a + b·n, by exponentially weighted least squares."""
-
-    def __init__(self, decay: float = _DECAY) -> None:
-        self._decay = decay
-        # Weighted sums of 1, n, t, n², n·t over the passes seen.
-        self._w = self._n = self._t = self._nn = self._nt = 0.0
-
-    def observe(self, rows: int, seconds: float) -> None:
-        d = self._decay
-        self._w = d * self._w + 1.0
-        self._n = d * self._n + rows
-        self._t = d * self._t + seconds
-        self._nn = d * self._nn + rows * rows
-        self._nt = d * self._nt + rows * seconds
-
-    def fit(self) -> tuple[float, float] | None:
-        """(a, b) in seconds and seconds per row, both >= 0; None until passes of different
-        sizes have been seen (at one size the fixed and per-row costs are not separable)."""
-        if self._w == 0.0:
-            return None
-        mean_n = self._n / self._w
-        spread = self._nn / self._w - mean_n * mean_n  # weighted variance of n
-        if spread < _MIN_SPREAD:
-            return None
-        b = max(0.0, (self._nt / self._w - mean_n * self._t / self._w) / spread)
-        a = max(0.0, self._t / self._w - b * mean_n)
-        return a, b
-
-
-class BatchPolicy:
-    """How many rows the next pass may take, and whether to wait for more (the module's
-    policy, points 2 and 3). Pure: the caller supplies every time and size."""
-
-    def __init__(self, limits: BatchLimits) -> None:
-        self.limits = limits
-        self.cap = limits.max_batch_size
-        self.cost = CostModel()
-        self._company = 0.0  # weighted mean of the others in flight when an item arrives
-
-    def configure(self, limits: BatchLimits) -> None:
-        """New limits; the cap starts again from the top, the cost model is kept."""
-        self.limits = limits
-        self.cap = limits.max_batch_size
-
-    def on_arrival(self, others: int) -> None:
-        """An item arrived and found `others` items queued or in running passes."""
-        self._company = _DECAY * self._company + (1 - _DECAY) * others
-
-    def wait_s(self, queued_rows: int, waited_s: float) -> float:
-        """How much longer the oldest item should wait for others; 0: start the pass now.
-
-        Args:
-            queued_rows: Rows the pass would take if it started now.
-            waited_s: How long the oldest item has waited already.
-        """
-        if queued_rows >= self.cap or self._company < _COMPANY:
-            return 0.0
-        fit = self.cost.fit()
-        if fit is None:
-            return 0.0
-        a, b = fit
-        if a <= b * queued_rows:  # at most half the pass is fixed cost: waiting cannot pay
-            return 0.0
-        return max(0.0, min(self.limits.max_wait_s, a) - waited_s)
-
-    def on_pass(self, rows: int, latency_s: float, compute_s: float) -> None:
-        """A pass of `rows` finished: `compute_s` in the model, `latency_s` for its oldest
-        item from arrival to the end of the pass."""
-        self.cost.observe(rows, compute_s)
-        target = self.limits.latency_target_s
-        if target <= 0:
-            self.cap = self.limits.max_batch_size
-        elif latency_s > target:
-            self.cap = max(1, self.cap // 2)
-        else:
-            self.cap = min(self.limits.max_batch_size, self.cap + 1)
 
 
 @dataclass(eq=False)
@@ -225,7 +100,7 @@ class Batcher(Generic[K]):
         self.policy = BatchPolicy(limits)
         self._executor = _executor(limits.max_concurrent)
         self._queue: list[_Item[K]] = []
-        self._running = 0  # passes started and not finished
+        self._running: dict[int, tuple[float, int]] = {}  # pass -> (started at, rows)
         self._in_passes = 0  # items in those passes
         self._tasks: set[asyncio.Task[None]] = set()  # held so they are not collected
         self._timer: asyncio.TimerHandle | None = None
@@ -256,11 +131,20 @@ class Batcher(Generic[K]):
 
         Raises:
             ValueError: If B is 0 or over max_batch_size (the caller refuses such requests).
+            OverloadedError: If the item would be answered after the latency target.
             Exception: Whatever `run` raised for this item's pass.
         """
         rows = len(inputs)
         if not 1 <= rows <= self.limits.max_batch_size:
             raise ValueError(f"an item needs 1..{self.limits.max_batch_size} rows, got {rows}")
+        ahead = sum(item.rows for item in self._queue)
+        finish = self.policy.refuses(rows, ahead, self._busy_s())
+        if finish is not None:
+            raise OverloadedError(
+                f"server at capacity: this request would be answered in about "
+                f"{finish * 1000:.0f} ms, over the latency target of "
+                f"{self.limits.latency_target_s * 1000:.0f} ms; retry with backoff"
+            )
         item = _Item(key, inputs, self._clock(), asyncio.get_running_loop().create_future())
         self.policy.on_arrival(len(self._queue) + self._in_passes)
         self._queue.append(item)
@@ -274,11 +158,21 @@ class Batcher(Generic[K]):
                     self._on_drop(key)
             raise
 
+    def _busy_s(self) -> float:
+        """How long until a pass slot frees: 0 while one is free, else the soonest predicted
+        end of the running passes."""
+        if len(self._running) < self.limits.max_concurrent:
+            return 0.0
+        now = self._clock()
+        return min(
+            self.policy.remaining_s(rows, now - started) for started, rows in self._running.values()
+        )
+
     # ---- dispatch ---------------------------------------------------------------------------
 
     def _kick(self) -> None:
         """Start passes while a slot is free and something is queued (or arm the wait)."""
-        while self._queue and self._running < self.limits.max_concurrent:
+        while self._queue and len(self._running) < self.limits.max_concurrent:
             items = self._take()
             head = items[0]
             rows = sum(item.rows for item in items)
@@ -321,7 +215,7 @@ class Batcher(Generic[K]):
             self._timer = None
 
     def _start(self, items: list[_Item[K]]) -> None:
-        self._running += 1
+        self._running[id(items)] = (self._clock(), sum(item.rows for item in items))
         self._in_passes += len(items)
         task = asyncio.get_running_loop().create_task(self._pass(items))
         self._tasks.add(task)
@@ -346,7 +240,7 @@ class Batcher(Generic[K]):
                 raise  # cancelled: the loop is shutting down
             return
         compute = self._clock() - started
-        self.policy.on_pass(len(batch), started - items[0].queued_at + compute, compute)
+        self.policy.on_pass(len(batch), compute)
         self._finish(items)  # the next pass starts now, with the cap just updated
         offset = 0
         for item in items:
@@ -358,7 +252,7 @@ class Batcher(Generic[K]):
         self._report(key, items, started, compute, outputs)
 
     def _finish(self, items: list[_Item[K]]) -> None:
-        self._running -= 1
+        del self._running[id(items)]
         self._in_passes -= len(items)
         self._kick()
 

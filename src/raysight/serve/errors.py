@@ -1,7 +1,9 @@
 """The one table from domain errors to gRPC status codes.
 
-Overload never reaches this table: when a deployment's queue is full (max_queued_requests)
-Serve itself answers RESOURCE_EXHAUSTED, in both ingress modes, before a replica runs code.
+Overload is RESOURCE_EXHAUSTED, from three places: Serve's queue limit
+(max_queued_requests, in both ingress modes, before a replica runs code), the replica's own
+gate on the direct path (serve/replica_ingress.py), and the batcher, which refuses a request
+that would be answered after the latency target (OverloadedError, in this table).
 
 Under Ray Serve an exception escaping a replica reaches the client as INTERNAL with a
 traceback in the details, file paths included. Every RPC method therefore catches at its
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 
 from raysight.errors import CheckpointError, InputError, RaysightError
+from raysight.serve.batch_policy import OverloadedError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ _TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
     (CheckpointError, grpc.StatusCode.UNAVAILABLE),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"

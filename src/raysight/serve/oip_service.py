@@ -65,7 +65,7 @@ def model_metadata(model: ServedModel, settings: ServeSettings) -> pb.ModelMetad
 def model_config(model: ServedModel, settings: ServeSettings) -> pb.ModelConfigResponse:
     """Triton's model configuration, stating the batching the server does: max_batch_size
     images per forward pass (and per request), and a batch's wait for others of at most
-    max_queue_delay_microseconds (taken only when it pays, see serve/batching.py)."""
+    max_queue_delay_microseconds (taken only when it pays, see serve/batch_policy.py)."""
     return pb.ModelConfigResponse(
         config=mc.ModelConfig(
             name=model.name,

@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 from raysight.codec.image import ImageLimits
 from raysight.config import doc, from_plain
 from raysight.errors import ConfigError
-from raysight.serve.batching import BatchLimits
+from raysight.serve.batch_policy import BatchLimits
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """The largest gRPC message the ingress takes: 32 FP32 images of 3x224x224 (19 MB) or a
@@ -113,9 +113,11 @@ class ServeSettings:
     latency_target_s: float = field(
         default=0.0,
         metadata=doc(
-            "Queue wait + compute a forward pass should stay under: over it, the batch's row "
-            "cap halves, under it the cap grows by one up to max_batch_size. 0 (off) keeps "
-            "the cap at max_batch_size, the most throughput."
+            "Seconds from arrival to answer a request should stay under. The batch's image "
+            "cap follows the measured cost of a pass (two passes must fit the target), and "
+            "a request that would be answered later, behind the queue, is refused at once "
+            "with RESOURCE_EXHAUSTED. 0 (off): the cap stays at max_batch_size and the "
+            "queue is bounded only by the deployment's limits, the most throughput."
         ),
     )
     max_concurrent_batches: int = field(

@@ -1,0 +1,186 @@
+"""The batcher's policy: the row cap, admission against a latency target, and when waiting
+for company pays. Pure: the batcher (serve/batching.py) supplies every time and size.
+
+**The cost of a pass.** Each pass feeds an exponentially weighted least-squares fit of its
+compute time t(n) = a + b·n over its n rows (while every pass has had the same size, all of
+it counts per row, which over-rates b and errs towards smaller passes).
+
+**A latency target** (`latency_target_s` > 0) sizes passes from that cost: a request that
+arrives just after a pass starts waits for it and then runs in the next, so two passes of
+the row cap must fit the target: cap = (target/2 - a)/b, at least 1 row and at most
+`max_batch_size`. It also admits: an item whose predicted finish (the running passes'
+remaining time, then the queued rows ahead of it and its own, in passes of the cap) is
+past the target is refused at once with OverloadedError, so under overload the requests
+taken still finish in time and the rest can go elsewhere, instead of every request waiting
+in a queue that only grows. A request that finds the model idle is always taken. With the
+target 0 the cap stays at `max_batch_size` and nothing is refused here: the most
+throughput.
+
+**Waiting pays only for a fixed cost.** When a model is free and the queued rows q would
+make a pass mostly fixed cost (a > b·q, as on a GPU with launch overhead), and recent
+arrivals found other requests in flight (someone is likely to join), the oldest item may
+wait for more, up to `max_wait_s` and never longer than a: without the wait the latecomers
+run together in the next pass anyway, so waiting saves at most one fixed cost. It stops
+waiting once the rows reach the cap or a/b (where the fixed cost is half the pass). On a
+CPU, where a is near 0, and for a lone request, nothing waits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_DECAY = 0.95  # weight of the past per observation: about the last 20 passes count
+_MIN_SPREAD = 0.25  # variance of n (rows²) below which a and b cannot be told apart
+_COMPANY = 1.0  # mean others in flight at arrival above which someone is likely to join
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """The knobs of a batcher, from the serving settings.
+
+    Attributes:
+        max_batch_size: The most rows (images) one pass holds, and one item may carry.
+        max_wait_s: The most the oldest item waits for others, when waiting pays.
+        latency_target_s: Seconds from arrival to answer a request should stay under: it
+            sizes passes and refuses what would finish later; 0: off.
+        max_concurrent: Forward passes that may run at once.
+    """
+
+    max_batch_size: int = 32
+    max_wait_s: float = 0.005
+    latency_target_s: float = 0.0
+    max_concurrent: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_concurrent < 1:
+            raise ValueError(
+                f"max_batch_size and max_concurrent must be at least 1, got "
+                f"{self.max_batch_size}, {self.max_concurrent}"
+            )
+        if self.max_wait_s < 0 or self.latency_target_s < 0:
+            raise ValueError(
+                f"max_wait_s and latency_target_s must be >= 0, got {self.max_wait_s}, "
+                f"{self.latency_target_s}"
+            )
+
+
+class CostModel:
+    """Compute time of a pass, t(n) = a + b·n, by exponentially weighted least squares."""
+
+    def __init__(self, decay: float = _DECAY) -> None:
+        self._decay = decay
+        # Weighted sums of 1, n, t, n², n·t over the passes seen.
+        self._w = self._n = self._t = self._nn = self._nt = 0.0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        d = self._decay
+        self._w = d * self._w + 1.0
+        self._n = d * self._n + rows
+        self._t = d * self._t + seconds
+        self._nn = d * self._nn + rows * rows
+        self._nt = d * self._nt + rows * seconds
+
+    def fit(self) -> tuple[float, float] | None:
+        """(a, b) in seconds and seconds per row, both >= 0; None until passes of different
+        sizes have been seen (at one size the fixed and per-row costs are not separable)."""
+        if self._w == 0.0:
+            return None
+        mean_n = self._n / self._w
+        spread = self._nn / self._w - mean_n * mean_n  # weighted variance of n
+        if spread < _MIN_SPREAD:
+            return None
+        b = max(0.0, (self._nt / self._w - mean_n * self._t / self._w) / spread)
+        a = max(0.0, self._t / self._w - b * mean_n)
+        return a, b
+
+    def estimate(self) -> tuple[float, float] | None:
+        """(a, b) from `fit`, or while the passes were all of one size, (0, seconds per
+        row): no fixed cost, all of it per row, which over-rates b and so errs towards
+        smaller passes. None before any pass."""
+        fit = self.fit()
+        if fit is not None:
+            return fit
+        if self._n == 0.0:
+            return None
+        return 0.0, self._t / self._n
+
+
+class BatchPolicy:
+    """How many rows the next pass may take, whether to take an item, and whether to wait
+    for more (the module's policy)."""
+
+    def __init__(self, limits: BatchLimits) -> None:
+        self.limits = limits
+        self.cap = limits.max_batch_size
+        self.cost = CostModel()
+        self._company = 0.0  # weighted mean of the others in flight when an item arrives
+
+    def configure(self, limits: BatchLimits) -> None:
+        """New limits; the cap starts again from the top, the cost model is kept."""
+        self.limits = limits
+        self.cap = limits.max_batch_size
+
+    def on_arrival(self, others: int) -> None:
+        """An item arrived and found `others` items queued or in running passes."""
+        self._company = _DECAY * self._company + (1 - _DECAY) * others
+
+    def wait_s(self, queued_rows: int, waited_s: float) -> float:
+        """How much longer the oldest item should wait for others; 0: start the pass now.
+
+        Args:
+            queued_rows: Rows the pass would take if it started now.
+            waited_s: How long the oldest item has waited already.
+        """
+        if queued_rows >= self.cap or self._company < _COMPANY:
+            return 0.0
+        fit = self.cost.fit()
+        if fit is None:
+            return 0.0
+        a, b = fit
+        if a <= b * queued_rows:  # at most half the pass is fixed cost: waiting cannot pay
+            return 0.0
+        return max(0.0, min(self.limits.max_wait_s, a) - waited_s)
+
+    def on_pass(self, rows: int, compute_s: float) -> None:
+        """A pass of `rows` took `compute_s` in the model: learn its cost, size the next."""
+        self.cost.observe(rows, compute_s)
+        self.cap = self._cap()
+
+    def _cap(self) -> int:
+        target, most = self.limits.latency_target_s, self.limits.max_batch_size
+        estimate = self.cost.estimate()
+        if target <= 0 or estimate is None or estimate[1] <= 0:
+            return most
+        a, b = estimate
+        return max(1, min(most, int((target / 2 - a) / b)))
+
+    def finish_s(self, rows: int, ahead_rows: int, busy_s: float) -> float | None:
+        """Predicted seconds until a new item of `rows` is answered, behind `ahead_rows`
+        queued rows, with the model busy for `busy_s` more; None before any pass."""
+        estimate = self.cost.estimate()
+        if estimate is None:
+            return None
+        a, b = estimate
+        total = ahead_rows + rows
+        passes = -(-total // self.cap)  # ceil
+        return busy_s + (passes * a + total * b) / self.limits.max_concurrent
+
+    def remaining_s(self, rows: int, elapsed_s: float) -> float:
+        """Predicted seconds left of a running pass of `rows` that started `elapsed_s` ago."""
+        estimate = self.cost.estimate()
+        if estimate is None:
+            return 0.0
+        return max(0.0, estimate[0] + estimate[1] * rows - elapsed_s)
+
+    def refuses(self, rows: int, ahead_rows: int, busy_s: float) -> float | None:
+        """The predicted finish of an item that would be over the target, else None: the
+        item is taken. An idle model (nothing ahead, nothing busy) takes anything."""
+        target = self.limits.latency_target_s
+        if target <= 0 or (ahead_rows == 0 and busy_s <= 0):
+            return None
+        finish = self.finish_s(rows, ahead_rows, busy_s)
+        return finish if finish is not None and finish > target else None
+
+
+class OverloadedError(Exception):
+    """An item refused because it would be answered after the latency target."""
