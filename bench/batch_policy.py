@@ -49,6 +49,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--workload", default="oip-uint8-1", choices=list(loadgen.WORKLOADS))
     parser.add_argument("--target-ms", type=float, default=100.0)
     parser.add_argument("--small-batch", type=int, default=4, help="the small fixed cap")
+    parser.add_argument("--policies", help="comma-separated subset of the policies to run")
     parser.add_argument("--fractions", default="0.25,0.5,0.75,0.9,1.25,2")
     parser.add_argument("--capacity-concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
@@ -82,6 +83,8 @@ def measure(
     ctx: Context, args: argparse.Namespace, workload: loadgen.Workload, rates: list[float]
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     named = policies(args.target_ms, args.small_batch)
+    if args.policies:
+        named = {name: named[name] for name in args.policies.split(",")}
     cells: list[dict[str, Any]] = []
     commands: dict[str, str] = {}
     names = list(named)
@@ -125,6 +128,7 @@ def summarise(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "policy": policy,
                 "offered_per_s": rate,
+                "arrived_per_s": report.median(c.get("arrived", 0) / c["seconds"] for c in mine),
                 "requests_per_s": report.median(c["requests_per_s"] for c in mine),
                 "p50_ms": report.median(c["p50_ms"] for c in mine),
                 "p99_ms": report.median(c["p99_ms"] for c in mine),
@@ -148,10 +152,14 @@ def render(
     names = list(policies(args.target_ms, args.small_batch))
     rates = sorted({r["offered_per_s"] for r in rows})
     by = {(r["policy"], r["offered_per_s"]): r for r in rows}
-    header = ["offered req/s", *(f"`{n}`: OK/s, p99 ms, refused" for n in names)]
+    header = [
+        "offered req/s (arrived)",
+        *(f"`{n}`: OK/s, p99 ms, refused" for n in names),
+    ]
     table_rows = []
     for rate in rates:
-        line = [report.number(rate)]
+        arrived = report.median(r["arrived_per_s"] for r in rows if r["offered_per_s"] == rate)
+        line = [f"{report.number(rate)} ({report.number(arrived)})"]
         for name in names:
             r = by.get((name, rate))
             line.append(

@@ -174,6 +174,7 @@ class CellResult:
     warmup_errors: dict[str, int] = field(default_factory=dict)
     client_cpu: float = 0.0  # the load generator's CPU seconds per second of the whole run
     offered_per_s: float = 0.0  # an open loop's arrival rate (bench/openloop.py); 0: closed
+    arrived: int = 0  # an open loop's requests scheduled in the window (a Poisson draw)
 
     @property
     def requests_per_s(self) -> float:

@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -41,6 +42,67 @@ MAX_IN_FLIGHT = 20_000
 """A bound on the client's own tasks; arrivals beyond it are counted as CLIENT_BEHIND."""
 
 
+@dataclass
+class _Tally:
+    """What one window saw: requests scheduled in [opens, closes) count, and OK answers
+    completed in it make the goodput, whenever they were scheduled."""
+
+    opens: float
+    closes: float
+    arrived: int = 0
+    answered: int = 0
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    warmup_errors: Counter[str] = field(default_factory=Counter)
+
+    def counts(self, at: float) -> bool:
+        return bool(self.opens <= at < self.closes)  # numpy floats give numpy bools
+
+    def arrive(self, scheduled: float) -> None:
+        self.arrived += int(self.counts(scheduled))
+
+    def fail(self, scheduled: float, code: str) -> None:
+        (self.errors if self.counts(scheduled) else self.warmup_errors)[code] += 1
+
+    def answer(self, scheduled: float, ended: float) -> None:
+        self.answered += int(self.counts(ended))
+        if self.counts(scheduled):
+            self.latencies.append(ended - scheduled)
+
+
+async def _offer(
+    calls: list[Any], workload: Workload, tally: _Tally, gaps: np.ndarray, timeout_s: float
+) -> None:
+    """Send one request at each scheduled time until the window closes, then wait for the
+    answers."""
+
+    async def one(call: Any, scheduled: float) -> None:
+        try:
+            await call(workload.requests[0], timeout=timeout_s)
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
+            tally.fail(scheduled, _code(exc))
+            return
+        tally.answer(scheduled, time.perf_counter())
+
+    tasks: set[asyncio.Task[None]] = set()
+    scheduled, k = time.perf_counter(), 0
+    while scheduled < tally.closes:
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tally.arrive(scheduled)
+        if len(tasks) >= MAX_IN_FLIGHT:
+            tally.fail(scheduled, "CLIENT_BEHIND")
+        else:
+            task = asyncio.create_task(one(calls[k % len(calls)], scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        k += 1
+        scheduled += gaps[k % len(gaps)]
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout_s + 5)
+
+
 async def run_open_cell(
     target: str,
     workload: Workload,
@@ -55,8 +117,9 @@ async def run_open_cell(
     """Offer `rate` requests/s of a unary `workload` to `target` and measure one window.
 
     Returns:
-        A CellResult whose `concurrency` is 0 and `offered_per_s` the rate; requests/s is
-        the goodput, latencies are of OK answers from their scheduled times.
+        A CellResult whose `concurrency` is 0, `offered_per_s` the rate and `arrived` the
+        requests scheduled in the window; requests/s is the goodput, latencies are of OK
+        answers from their scheduled times.
     """
     if workload.kind != "unary" or rate <= 0:
         raise ValueError("an open loop offers unary requests at a positive rate")
@@ -66,52 +129,18 @@ async def run_open_cell(
         ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
     ]
     opened = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
-    latencies: list[float] = []
-    answered = 0  # OK answers that completed inside the window, whenever scheduled
-    errors: Counter[str] = Counter()
-    warmup_errors: Counter[str] = Counter()
     try:
         await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), 30) for c in opened))
         calls = [c.unary_unary(workload.method) for c in opened]
         gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=1_000_000)
         cpu_before = _cpu_seconds()
         start = time.perf_counter()
-        opens, closes = start + warmup_s, start + warmup_s + duration_s
-
-        async def one(call: Any, scheduled: float) -> None:
-            nonlocal answered
-            counted = opens <= scheduled < closes
-            try:
-                await call(workload.requests[0], timeout=timeout_s)
-            except (TimeoutError, grpc.aio.AioRpcError) as exc:
-                (errors if counted else warmup_errors)[_code(exc)] += 1
-                return
-            ended = time.perf_counter()
-            answered += opens <= ended < closes
-            if counted:
-                latencies.append(ended - scheduled)
-
-        tasks: set[asyncio.Task[None]] = set()
-        scheduled, k = start, 0
-        while scheduled < closes:
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if len(tasks) >= MAX_IN_FLIGHT:
-                if scheduled >= opens:
-                    errors["CLIENT_BEHIND"] += 1
-            else:
-                task = asyncio.create_task(one(calls[k % channels], scheduled))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            k += 1
-            scheduled += gaps[k % len(gaps)]
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout_s + 5)
+        tally = _Tally(start + warmup_s, start + warmup_s + duration_s)
+        await _offer(calls, workload, tally, gaps, timeout_s)
         client_cpu = (_cpu_seconds() - cpu_before) / (time.perf_counter() - start)
     finally:
         await asyncio.gather(*(c.close() for c in opened))
-    ms = np.asarray(latencies) * 1000.0
+    ms = np.asarray(tally.latencies) * 1000.0
     p50, p90, p99 = np.percentile(ms, [50, 90, 99]) if len(ms) else (np.nan,) * 3
     return CellResult(
         workload=workload.name,
@@ -119,15 +148,16 @@ async def run_open_cell(
         channels=channels,
         stream_depth=1,
         seconds=duration_s,
-        requests=answered,
-        images=answered * workload.images,
+        requests=tally.answered,
+        images=tally.answered * workload.images,
         p50_ms=float(p50),
         p90_ms=float(p90),
         p99_ms=float(p99),
-        errors=dict(errors),
-        warmup_errors=dict(warmup_errors),
+        errors=dict(tally.errors),
+        warmup_errors=dict(tally.warmup_errors),
         client_cpu=client_cpu,
         offered_per_s=rate,
+        arrived=tally.arrived,
     )
 
 

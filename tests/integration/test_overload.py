@@ -14,20 +14,16 @@ import asyncio
 import json
 import os
 import threading
-import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
-import numpy as np
 import pytest
 from ray.util.state import list_actors
 
-from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight.serve import runner
 from raysight.serve.settings import ServeSettings
 from tests.conftest import RayCluster, free_port
+from tests.integration.load import closed_loop, infer_body, open_loop
 from tests.integration.serving import stop_serve, untrained_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,7 +32,7 @@ SECONDS = float(os.environ.get("RAYSIGHT_OVERLOAD_S", "60"))
 DEADLINE_S = 2.0  # each request's gRPC deadline
 OVERLOAD = 5.0  # offered rate / sustained rate
 SHAPE = (3, 32, 32)
-INFER = "/inference.GRPCInferenceService/ModelInfer"
+BODY = infer_body("resnet18-untrained", SHAPE)
 
 
 @pytest.fixture(scope="module")
@@ -58,70 +54,6 @@ def target(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
         stop_serve(ray_cluster.dashboard_url)
 
 
-def _request() -> bytes:
-    image = np.random.default_rng(0).random((1, *SHAPE), dtype=np.float32)
-    request = pb.ModelInferRequest(model_name="resnet18-untrained")
-    request.inputs.add(name="images", datatype="FP32", shape=[1, *SHAPE])
-    request.raw_input_contents.append(image.tobytes())
-    return request.SerializeToString()
-
-
-class Tally:
-    """Codes and latencies of the answers, by code."""
-
-    def __init__(self) -> None:
-        self.latencies: dict[str, list[float]] = {}
-
-    def add(self, code: str, seconds: float) -> None:
-        self.latencies.setdefault(code, []).append(seconds)
-
-    @property
-    def codes(self) -> Counter[str]:
-        return Counter({code: len(times) for code, times in self.latencies.items()})
-
-    def p99(self, code: str) -> float:
-        return float(np.percentile(self.latencies[code], 99))
-
-
-async def _call(stub: grpc.aio.UnaryUnaryMultiCallable, body: bytes, tally: Tally) -> None:
-    started = time.perf_counter()
-    try:
-        await stub(body, timeout=DEADLINE_S)
-        code = "OK"
-    except grpc.aio.AioRpcError as exc:
-        code = exc.code().name
-    tally.add(code, time.perf_counter() - started)
-
-
-async def _closed_loop(target: str, callers: int, seconds: float) -> float:
-    """Requests/s the service answers OK with `callers` always waiting on it."""
-    body, tally = _request(), Tally()
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = channel.unary_unary(INFER)
-        end = time.perf_counter() + seconds
-
-        async def caller() -> None:
-            while time.perf_counter() < end:
-                await _call(stub, body, tally)
-
-        await asyncio.gather(*(caller() for _ in range(callers)))
-    return tally.codes["OK"] / seconds
-
-
-async def _open_loop(target: str, rate: float, seconds: float) -> Tally:
-    """Send `rate` requests a second for `seconds`, whatever the answers, and wait for all."""
-    body, tally = _request(), Tally()
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = channel.unary_unary(INFER)
-        tasks: list[asyncio.Task[None]] = []
-        start = time.perf_counter()
-        for n in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, start + n / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(_call(stub, body, tally)))
-        await asyncio.gather(*tasks)
-    return tally
-
-
 def _replica_pid() -> int:
     (actor,) = [
         a
@@ -141,8 +73,8 @@ def _rss_mib(pid: int) -> float:
 def test_five_times_the_sustained_rate_is_refused_quickly_and_memory_stays_bounded(
     target: str,
 ) -> None:
-    asyncio.run(_closed_loop(target, 8, 3))  # warm-up: allocations, the batcher's fit
-    sustained = asyncio.run(_closed_loop(target, 16, 5))
+    asyncio.run(closed_loop(target, BODY, 8, 3, DEADLINE_S))  # warm-up: allocations, the fit
+    sustained = asyncio.run(closed_loop(target, BODY, 16, 5, DEADLINE_S))
     assert sustained > 0
     pid = _replica_pid()
     rss = [_rss_mib(pid)]
@@ -155,7 +87,7 @@ def test_five_times_the_sustained_rate_is_refused_quickly_and_memory_stays_bound
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        tally = asyncio.run(_open_loop(target, OVERLOAD * sustained, SECONDS))
+        tally = asyncio.run(open_loop(target, BODY, OVERLOAD * sustained, SECONDS, DEADLINE_S))
     finally:
         stop.set()
         sampler.join()

@@ -409,3 +409,60 @@ def test_an_item_that_would_finish_past_the_target_is_refused_at_once() -> None:
     assert "about 102 ms, over the latency target of 100 ms" in refusal
     assert len(answered) == 11
     assert sum(len(batch) for batch in seen) == 11
+
+
+def _resnet_like(limits: BatchLimits) -> BatchPolicy:
+    policy = BatchPolicy(limits)
+    a, b = RESNET_LIKE
+    for n in list(range(1, 33)) * 3:
+        policy.on_pass(rows=n, compute_s=a + b * n)
+    return policy
+
+
+def test_slack_learns_the_99th_percentile_of_actual_minus_predicted() -> None:
+    policy = _resnet_like(BatchLimits(latency_target_s=0.100))
+    late = np.random.default_rng(0).uniform(0.0, 0.050, size=20_000)  # 99th pct: 49.5 ms
+    for extra in late:
+        policy.on_answer(predicted_s=0.050, actual_s=0.050 + extra)
+    assert policy.slack_s == pytest.approx(0.0495, abs=0.004)
+
+
+def test_slack_never_credits_answers_faster_than_predicted() -> None:
+    policy = _resnet_like(BatchLimits(latency_target_s=0.100))
+    for _ in range(1_000):
+        policy.on_answer(predicted_s=0.050, actual_s=0.010)
+    assert policy.slack_s == 0.0
+
+
+def test_slack_tightens_admission_and_leaves_the_cap() -> None:
+    policy = _resnet_like(BatchLimits(latency_target_s=0.100))
+    assert policy.cap == 6
+    assert policy.refuses(rows=1, ahead_rows=5, busy_s=0.010) is None  # 59 ms predicted
+    for _ in range(200):
+        policy.on_answer(predicted_s=0.050, actual_s=0.100)  # every answer 50 ms late
+    assert policy.slack_s == pytest.approx(0.050, abs=0.002)
+    a, b = RESNET_LIKE
+    policy.on_pass(rows=6, compute_s=a + 6 * b)
+    assert policy.cap == 6  # passes as efficient as before: the slack is queue time
+    # The same item as above, plus the slack: over 100 ms.
+    refused = policy.refuses(rows=1, ahead_rows=5, busy_s=0.010)
+    assert refused == pytest.approx(0.010 + a + 6 * b + 0.050, abs=0.002)
+
+
+def test_the_batcher_reports_each_answer_against_its_prediction() -> None:
+    """A pass that takes 4x what the cost model predicts: the slack grows."""
+    clock = FakeClock()
+
+    def slow(key: str, batch: np.ndarray) -> Outputs:
+        clock.now += 4 * (RESNET_LIKE[0] + RESNET_LIKE[1] * len(batch))
+        return {"y": batch}
+
+    async def main() -> float:
+        batcher = Batcher(slow, BatchLimits(latency_target_s=0.100), clock=clock)
+        a, b = RESNET_LIKE
+        for n in list(range(1, 33)) * 3:
+            batcher.policy.cost.observe(n, a + b * n)
+        await batcher.submit("m", _rows(1, 0.0))
+        return batcher.policy.slack_s
+
+    assert _run(main) == pytest.approx(0.02 * 0.100 * 0.99)  # one step up

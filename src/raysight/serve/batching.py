@@ -45,6 +45,7 @@ class _Item(Generic[K]):
     inputs: np.ndarray  # (B_i, ...) the request's rows
     queued_at: float
     future: asyncio.Future[Outputs] = field(repr=False)
+    predicted_s: float | None = None  # the policy's predicted finish, when it made one
 
     @property
     def rows(self) -> int:
@@ -137,8 +138,8 @@ class Batcher(Generic[K]):
         rows = len(inputs)
         if not 1 <= rows <= self.limits.max_batch_size:
             raise ValueError(f"an item needs 1..{self.limits.max_batch_size} rows, got {rows}")
-        ahead = sum(item.rows for item in self._queue)
-        finish = self.policy.refuses(rows, ahead, self._busy_s())
+        ahead, busy = sum(item.rows for item in self._queue), self._busy_s()
+        finish = self.policy.refuses(rows, ahead, busy)
         if finish is not None:
             raise OverloadedError(
                 f"server at capacity: this request would be answered in about "
@@ -146,6 +147,8 @@ class Batcher(Generic[K]):
                 f"{self.limits.latency_target_s * 1000:.0f} ms; retry with backoff"
             )
         item = _Item(key, inputs, self._clock(), asyncio.get_running_loop().create_future())
+        if self.limits.latency_target_s > 0:  # the policy learns from its predictions
+            item.predicted_s = self.policy.finish_s(rows, ahead, busy)
         self.policy.on_arrival(len(self._queue) + self._in_passes)
         self._queue.append(item)
         self._kick()
@@ -239,7 +242,8 @@ class Batcher(Generic[K]):
             if not isinstance(exc, Exception):
                 raise  # cancelled: the loop is shutting down
             return
-        compute = self._clock() - started
+        ended = self._clock()
+        compute = ended - started
         self.policy.on_pass(len(batch), compute)
         self._finish(items)  # the next pass starts now, with the cap just updated
         offset = 0
@@ -248,6 +252,8 @@ class Batcher(Generic[K]):
                 item.future.set_result(
                     {k: v[offset : offset + item.rows] for k, v in outputs.items()}
                 )
+            if item.predicted_s is not None:
+                self.policy.on_answer(item.predicted_s, ended - item.queued_at)
             offset += item.rows
         self._report(key, items, started, compute, outputs)
 
