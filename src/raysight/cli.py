@@ -1,5 +1,5 @@
-"""The `raysight` command: train, evaluate, data download, models; serve and predict
-(cli_serve), sign and verify (cli_sign)."""
+"""The `raysight` command: train, evaluate, data download, models; serve (cli_serve),
+predict (cli_predict), sign and verify (cli_sign)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from raysight import cli_serve, cli_sign
+from raysight import cli_predict, cli_serve, cli_sign
 from raysight.config import TrainConfig
 from raysight.errors import ConfigError, RaysightError
 from raysight.flags import add_flags, flag_overrides
@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     download.set_defaults(handler=_download)
 
     cli_serve.add_commands(commands)
+    cli_predict.add_commands(commands)
     cli_sign.add_commands(commands)
 
     models = commands.add_parser("models", help="list the registered models")

@@ -40,15 +40,16 @@ class ClientTls:
     cert: Path | None = None
     key: Path | None = None
 
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+
     def credentials(self) -> grpc.ChannelCredentials:
         """gRPC channel credentials from the files.
 
         Raises:
             OSError: a file cannot be read.
-            ValueError: only one of the certificate and the key is given.
         """
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("a client certificate needs its key, and a key its certificate")
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca.read_bytes() if self.ca else None,
             private_key=self.key.read_bytes() if self.key else None,

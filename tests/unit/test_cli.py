@@ -239,3 +239,15 @@ def test_tls_on_a_cluster_raysight_does_not_start_is_refused(
     )
     with pytest.raises(ConfigError, match="environment of `ray start`"):
         cli_serve._server_tls(args)
+
+
+def test_predict_refuses_a_client_certificate_without_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before any connection: the command names both flags."""
+    image = tmp_path / "x.png"
+    Image.new("L", (4, 4)).save(image)
+    cert = tmp_path / "client.pem"
+    cert.write_text("not read: refused first")
+    assert cli.main(["predict", str(image), "--tls-cert", str(cert)]) == 2
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err

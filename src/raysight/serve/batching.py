@@ -138,17 +138,9 @@ class Batcher(Generic[K]):
         rows = len(inputs)
         if not 1 <= rows <= self.limits.max_batch_size:
             raise ValueError(f"an item needs 1..{self.limits.max_batch_size} rows, got {rows}")
-        ahead, busy = sum(item.rows for item in self._queue), self._busy_s()
-        finish = self.policy.refuses(rows, ahead, busy)
-        if finish is not None:
-            raise OverloadedError(
-                f"server at capacity: this request would be answered in about "
-                f"{finish * 1000:.0f} ms, over the latency target of "
-                f"{self.limits.latency_target_s * 1000:.0f} ms; retry with backoff"
-            )
+        predicted = self._admit(rows)
         item = _Item(key, inputs, self._clock(), asyncio.get_running_loop().create_future())
-        if self.limits.latency_target_s > 0:  # the policy learns from its predictions
-            item.predicted_s = self.policy.finish_s(rows, ahead, busy)
+        item.predicted_s = predicted
         self.policy.on_arrival(len(self._queue) + self._in_passes)
         self._queue.append(item)
         self._kick()
@@ -160,6 +152,26 @@ class Batcher(Generic[K]):
                 if self._on_drop is not None:
                     self._on_drop(key)
             raise
+
+    def _admit(self, rows: int) -> float | None:
+        """The predicted finish of a new item of `rows` (None without a latency target),
+        which the policy later learns from.
+
+        Raises:
+            OverloadedError: If the policy refuses it.
+        """
+        target = self.limits.latency_target_s
+        if target <= 0:
+            return None
+        ahead, busy = sum(item.rows for item in self._queue), self._busy_s()
+        finish = self.policy.refuses(rows, ahead, busy)
+        if finish is not None:
+            raise OverloadedError(
+                f"server at capacity: this request would be answered in about "
+                f"{finish * 1000:.0f} ms, over the latency target of {target * 1000:.0f} ms; "
+                "retry with backoff"
+            )
+        return self.policy.finish_s(rows, ahead, busy)
 
     def _busy_s(self) -> float:
         """How long until a pass slot frees: 0 while one is free, else the soonest predicted
