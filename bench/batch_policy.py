@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shlex
 import subprocess
 import sys
 import time
@@ -28,7 +26,7 @@ import loadgen
 import openloop
 import report
 import venvs
-from servers import Context, raysight_serve
+from servers import Context, context, raysight_serve
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "batch_policy"
@@ -225,16 +223,9 @@ def main() -> int:
     if not (checkpoint / "manifest.json").exists():
         print(f"no checkpoint at {checkpoint}")
         return 2
-    command = shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    command = report.command_line()
     model = loadgen.ModelFacts.from_checkpoint(checkpoint)
-    ctx = Context(
-        repo=REPO,
-        checkpoint=checkpoint,
-        model_name=model.name,
-        work_dir=Path(args.work_dir).resolve(),
-        threads=1,
-        device=args.device,
-    )
+    ctx = context(REPO, checkpoint, Path(args.work_dir).resolve(), threads=1, device=args.device)
     facts = report.machine_facts(REPO)
     workload = loadgen.build_workload(args.workload, model)
     cap = capacity(ctx, args, workload)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,7 +25,7 @@ import loadgen
 import numpy as np
 import report
 from PIL import Image
-from servers import Context, raysight_serve
+from servers import context, raysight_serve
 
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 
@@ -101,15 +99,8 @@ def main() -> int:
     args = _arguments()
     checkpoint = Path(args.checkpoint).resolve()
     model = loadgen.ModelFacts.from_checkpoint(checkpoint)
-    ctx = Context(
-        repo=REPO,
-        checkpoint=checkpoint,
-        model_name=model.name,
-        work_dir=Path(args.work_dir).resolve(),
-        threads=1,
-        device="cpu",
-    )
-    command = shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    ctx = context(REPO, checkpoint, Path(args.work_dir).resolve(), threads=1, device="cpu")
+    command = report.command_line()
     facts = report.machine_facts(REPO)
     small = loadgen.build_workload("classify-png", model)
     large = large_png()

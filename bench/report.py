@@ -7,8 +7,10 @@ import importlib.metadata
 import math
 import os
 import platform
+import shlex
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,6 +39,11 @@ def _git(repo: Path, *args: str) -> str:
         ["git", "-C", str(repo), *args], capture_output=True, text=True, check=False
     )
     return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def command_line() -> str:
+    """This bench's command line as a reader would type it: `python bench/NAME.py ...`."""
+    return shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
 
 
 def machine_facts(repo: Path) -> dict[str, str]:

@@ -36,7 +36,7 @@ import grpc
 import loadgen
 import report
 import venvs
-from servers import SERVERS, Context, Server, ServerError
+from servers import SERVERS, Context, Server, ServerError, context
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "serve_bench"
@@ -595,17 +595,9 @@ def main(
         print(f"no checkpoint at {checkpoint}: pass --checkpoint (make bench trains one)")
         return 2
     if command is None:
-        command = shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+        command = report.command_line()
     work_dir = Path(args.work_dir).resolve()
-    model = loadgen.ModelFacts.from_checkpoint(checkpoint)
-    ctx = Context(
-        repo=REPO,
-        checkpoint=checkpoint,
-        model_name=model.name,
-        work_dir=work_dir,
-        threads=args.threads,
-        device=args.device,
-    )
+    ctx = context(REPO, checkpoint, work_dir, threads=args.threads, device=args.device)
     facts = report.machine_facts(REPO)
     cells = len(args.workloads) * len(args.concurrency)
     print(

@@ -15,13 +15,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadgen import StreamReply
+from loadgen import ModelFacts, StreamReply
 
 from servers import peers, raysight_serve
 from servers.process import ServerError, free_port, running, wait_ready
 from servers.spec import Context, Running
 
-__all__ = ["SERVERS", "Context", "Running", "Server", "ServerError"]
+__all__ = ["SERVERS", "Context", "Running", "Server", "ServerError", "context"]
 
 HERE = Path(__file__).resolve().parent
 BARE_READY_TIMEOUT_S = 120.0
@@ -127,3 +127,15 @@ SERVERS: dict[str, Server] = {
         ),
     )
 }
+
+
+def context(repo: Path, checkpoint: Path, work_dir: Path, *, threads: int, device: str) -> Context:
+    """The Context for serving `checkpoint` under the name its manifest gives the model."""
+    return Context(
+        repo=repo,
+        checkpoint=checkpoint,
+        model_name=ModelFacts.from_checkpoint(checkpoint).name,
+        work_dir=work_dir,
+        threads=threads,
+        device=device,
+    )
