@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from raysight.ports import free_loopback_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -38,10 +39,9 @@ os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(64 * 1024 * 1024))
 
 
 def free_port() -> int:
-    """An unused TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """An unused TCP port on the loopback interface, outside the range a starting Ray
+    cluster's processes bind at random (raysight.ports.free_loopback_port)."""
+    return free_loopback_port()
 
 
 def scrape_metrics(port: int, ready: Callable[[str], bool], timeout: float = 60.0) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.inference import grpc_service_pb2_grpc as pb_grpc
+from raysight.ports import free_loopback_port
 
 
 class ServerError(RuntimeError):
@@ -30,10 +30,9 @@ class ServerError(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (another process may take it before we bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on 127.0.0.1 now, outside the range a starting Ray cluster's
+    processes bind at random (raysight.ports.free_loopback_port)."""
+    return free_loopback_port()
 
 
 @dataclass

@@ -18,6 +18,7 @@ import ray
 
 from raysight.console import route_worker_lines
 from raysight.errors import ConfigError
+from raysight.ports import free_loopback_port
 
 logger = logging.getLogger(__name__)
 
@@ -239,9 +240,7 @@ def _dashboard_port() -> int:
     try:
         check_port_free(_DASHBOARD_PORT, "")
     except ConfigError:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return int(probe.getsockname()[1])
+        return free_loopback_port()
     return _DASHBOARD_PORT
 
 

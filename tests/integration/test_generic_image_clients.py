@@ -87,8 +87,8 @@ def served(
     predicted = Engine.from_directory(checkpoint).classify_pixels(test.images[:IMAGES]).argmax(1)
     port, http_port = free_port(), free_port()
     settings = ServeSettings.from_dict({"checkpoint": str(checkpoint), **GENERIC_CLIENT_SETTINGS})
-    runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=http_port))
     try:
+        runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=http_port))
         yield (
             Targets(f"127.0.0.1:{port}", f"127.0.0.1:{http_port}"),
             Digits(files, test.labels[:IMAGES], predicted),

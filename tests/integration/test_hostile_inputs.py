@@ -110,8 +110,8 @@ def target(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
     checkpoint = digits_checkpoint(tmp_path_factory.mktemp("hostile") / "ckpt", seed=0)
     port = free_port()
     settings_ = ServeSettings(checkpoint=str(checkpoint), max_batch_size=16)
-    runner.deploy(runner.serve_config(settings_, grpc_port=port, http_port=free_port()))
     try:
+        runner.deploy(runner.serve_config(settings_, grpc_port=port, http_port=free_port()))
         yield Target(f"127.0.0.1:{port}", Engine.from_directory(checkpoint))
     finally:
         stop_serve(ray_cluster.dashboard_url)

@@ -47,8 +47,8 @@ def target(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
         max_ongoing_requests=8,
         max_queued_requests=8,
     )
-    runner.deploy(config)
     try:
+        runner.deploy(config)
         yield f"127.0.0.1:{port}"
     finally:
         stop_serve(ray_cluster.dashboard_url)

@@ -48,8 +48,8 @@ def served(
     checkpoint = digits_checkpoint(tmp_path_factory.mktemp("fault"), seed=0)
     settings = ServeSettings(checkpoint=str(checkpoint))
     port = free_port()
-    runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=free_port()))
     try:
+        runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=free_port()))
         yield f"127.0.0.1:{port}", checkpoint
     finally:
         stop_serve(ray_cluster.dashboard_url)

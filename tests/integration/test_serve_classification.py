@@ -46,8 +46,8 @@ class Served:
 @pytest.fixture(scope="module")
 def served(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     served = Served(digits_checkpoint(tmp_path_factory.mktemp("classify") / "ckpt", seed=0))
-    served.apply()
     try:
+        served.apply()
         yield served
     finally:
         stop_serve(ray_cluster.dashboard_url)

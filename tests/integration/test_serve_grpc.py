@@ -94,8 +94,8 @@ def served(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
     checkpoints = [digits_checkpoint(root / f"seed{seed}", seed=seed) for seed in (0, 1)]
     settings = ServeSettings(checkpoint=str(checkpoints[0]), max_batch_size=16)
     port, http_port = free_port(), free_port()
-    runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=http_port))
     try:
+        runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=http_port))
         yield Served(port, http_port, checkpoints, settings)
     finally:
         stop_serve(ray_cluster.dashboard_url)

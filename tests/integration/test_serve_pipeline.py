@@ -51,8 +51,8 @@ def served(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
     checkpoint = digits_checkpoint(tmp_path_factory.mktemp("pipeline") / "ckpt", seed=0)
     settings = ServeSettings(checkpoint=str(checkpoint), max_batch_size=MAX_BATCH)
     port = free_port()
-    runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=free_port()))
     try:
+        runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=free_port()))
         yield Served(port, checkpoint)
     finally:
         stop_serve(ray_cluster.dashboard_url)

@@ -52,9 +52,9 @@ def served(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
     path = _checkpoint_with_frequencies(tmp_path_factory.mktemp("quality") / "digits")
     settings = ServeSettings(checkpoint=str(path), max_batch_size=16)
     port = free_port()
-    runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=free_port()))
     engine = Engine.from_directory(path)
     try:
+        runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=free_port()))
         yield Served(f"127.0.0.1:{port}", engine, engine.manifest.weights_sha256[:12])
     finally:
         stop_serve(ray_cluster.dashboard_url)

@@ -62,8 +62,8 @@ def served(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) ->
     checkpoint = digits_checkpoint(tmp_path_factory.mktemp("rest") / "seed0", seed=0)
     settings = ServeSettings(checkpoint=str(checkpoint), max_batch_size=16, rest=True)
     port, http_port = free_port(), free_port()
-    runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=http_port))
     try:
+        runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=http_port))
         yield Served(port, http_port, settings)
     finally:
         stop_serve(ray_cluster.dashboard_url)

@@ -38,7 +38,6 @@ def test_removing_the_application_answers_the_requests_in_flight(
     checkpoint = untrained_checkpoint(tmp_path / "slow", "resnet18", SHAPE)
     settings = ServeSettings(checkpoint=str(checkpoint), max_batch_size=8)
     port = free_port()
-    runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=free_port()))
     images = np.random.default_rng(0).random((4, *SHAPE), dtype=np.float32)
     request = pb.ModelInferRequest(model_name="resnet18-untrained")
     request.inputs.add(name="images", datatype="FP32", shape=list(images.shape))
@@ -46,6 +45,7 @@ def test_removing_the_application_answers_the_requests_in_flight(
     codes: list[str] = []
     finished: list[float] = []
     try:
+        runner.deploy(runner.serve_config(settings, grpc_port=port, http_port=free_port()))
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             stub.ModelInfer(request, timeout=60)  # warm: the first pass allocates
