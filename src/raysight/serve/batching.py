@@ -101,7 +101,8 @@ class Batcher(Generic[K]):
         self.policy = BatchPolicy(limits)
         self._executor = _executor(limits.max_concurrent)
         self._queue: list[_Item[K]] = []
-        self._running: dict[int, tuple[float, int]] = {}  # pass -> (started at, rows)
+        # Running passes by the id of their item list: (started at, rows).
+        self._running: dict[int, tuple[float, int]] = {}
         self._in_passes = 0  # items in those passes
         self._tasks: set[asyncio.Task[None]] = set()  # held so they are not collected
         self._timer: asyncio.TimerHandle | None = None
