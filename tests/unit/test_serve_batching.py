@@ -116,6 +116,18 @@ def test_latency_target_sizes_passes_from_their_cost() -> None:
     assert policy.cap == 6
 
 
+def test_new_limits_keep_what_was_learned() -> None:
+    """A config update (every one reconfigures the batcher) keeps the cost model: the cap
+    follows the new target at once instead of starting from max_batch_size."""
+    policy = _resnet_like(BatchLimits(max_batch_size=32, latency_target_s=0.100))
+    policy.configure(BatchLimits(max_batch_size=32, latency_target_s=0.100))
+    assert policy.cap == 6
+    policy.configure(BatchLimits(max_batch_size=32, latency_target_s=0.200))
+    assert policy.cap == 12  # (0.100 - 0.0045) / 0.0074 = 12.9
+    policy.configure(BatchLimits(max_batch_size=32))
+    assert policy.cap == 32
+
+
 def test_passes_of_one_size_count_as_all_per_row_cost() -> None:
     """Every pass full at 32 rows (sustained overload): the fixed and per-row costs cannot be
     told apart, so all of it counts per row, which errs towards smaller passes."""

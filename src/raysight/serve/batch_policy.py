@@ -128,9 +128,9 @@ class BatchPolicy:
         self.slack_s = 0.0  # 99th percentile of (actual - predicted) answer time, >= 0
 
     def configure(self, limits: BatchLimits) -> None:
-        """New limits; the cap starts again from the top, the cost model is kept."""
+        """New limits; the cost model and the slack are kept, so the cap follows at once."""
         self.limits = limits
-        self.cap = limits.max_batch_size
+        self.cap = self._cap()
 
     def on_arrival(self, others: int) -> None:
         """An item arrived and found `others` items queued or in running passes."""
