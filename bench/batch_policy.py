@@ -126,7 +126,7 @@ def summarise(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "policy": policy,
                 "offered_per_s": rate,
-                "arrived_per_s": report.median(c.get("arrived", 0) / c["seconds"] for c in mine),
+                "arrived_per_s": report.median(c["arrived"] / c["seconds"] for c in mine),
                 "requests_per_s": report.median(c["requests_per_s"] for c in mine),
                 "p50_ms": report.median(c["p50_ms"] for c in mine),
                 "p99_ms": report.median(c["p99_ms"] for c in mine),

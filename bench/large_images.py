@@ -46,7 +46,7 @@ def large_png() -> bytes:
 
 async def _large_caller(target: str, body: bytes, until: float, times: list[float]) -> None:
     async with grpc.aio.insecure_channel(
-        target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        target, options=[("grpc.max_send_message_length", loadgen.MAX_MESSAGE_BYTES)]
     ) as channel:
         classify = channel.unary_unary(loadgen.CLASSIFY)
         while time.perf_counter() < until:

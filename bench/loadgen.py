@@ -65,7 +65,14 @@ messages, as MLServer's own copy of the protocol has it, in request order but ea
 the id of the stream's first request; answers are matched by order, and an error ends the
 stream."""
 
-_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # 8 images of 3x224x224 FP32 exceed gRPC's 4 MiB default
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # 8 images of 3x224x224 FP32 exceed gRPC's 4 MiB default
+CHANNEL_OPTIONS = [
+    # Each channel its own connection: gRPC would otherwise share one between channels with
+    # equal arguments.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
 
 
 @dataclass(frozen=True)
@@ -387,14 +394,7 @@ async def run_cell(
         The window's throughput, latency percentiles of OK answers, and non-OK counts.
     """
     channels = max(1, min(channels, concurrency))
-    options = [
-        # Each channel its own connection: gRPC would otherwise share one between channels
-        # with equal arguments.
-        ("grpc.use_local_subchannel_pool", 1),
-        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-    ]
-    opened = [_channel(target, credentials, options) for _ in range(channels)]
+    opened = [_channel(target, credentials, CHANNEL_OPTIONS) for _ in range(channels)]
     try:
         await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), 30) for c in opened))
         cpu_before = _cpu_seconds()

@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 from loadgen import (
-    _MAX_MESSAGE_BYTES,
+    CHANNEL_OPTIONS,
     WORKLOADS,
     CellResult,
     ModelFacts,
@@ -123,12 +123,7 @@ async def run_open_cell(
     """
     if workload.kind != "unary" or rate <= 0:
         raise ValueError("an open loop offers unary requests at a positive rate")
-    options = [
-        ("grpc.use_local_subchannel_pool", 1),
-        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-    ]
-    opened = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+    opened = [grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for _ in range(channels)]
     try:
         await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), 30) for c in opened))
         calls = [c.unary_unary(workload.method) for c in opened]

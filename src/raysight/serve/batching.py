@@ -140,8 +140,8 @@ class Batcher(Generic[K]):
         if not 1 <= rows <= self.limits.max_batch_size:
             raise ValueError(f"an item needs 1..{self.limits.max_batch_size} rows, got {rows}")
         predicted = self._admit(rows)
-        item = _Item(key, inputs, self._clock(), asyncio.get_running_loop().create_future())
-        item.predicted_s = predicted
+        future = asyncio.get_running_loop().create_future()
+        item = _Item(key, inputs, self._clock(), future, predicted)
         self.policy.on_arrival(len(self._queue) + self._in_passes)
         self._queue.append(item)
         self._kick()
