@@ -347,10 +347,10 @@ class Page:
                 f"{ctx.device}. The load generator (`bench/loadgen.py`: grpc.aio, closed loop, "
                 f"requests serialised once per workload, so every server gets the same bytes) "
                 f"runs on the same machine over {args.channels} channels. bare+engine, engine "
-                f"and the peers run torch with {_plural(args.threads, 'thread')}; raysight's "
-                "replica has 1 CPU, so Ray gives it 1 thread. The peers do not batch; raysight and "
-                "bare+engine batch with raysight's batcher: up to 32 images a pass, a pass as "
-                "soon as the model is free.",
+                f"and the peers run torch with {_plural(args.threads, 'thread')}; each of "
+                "raysight's replicas (one per core) has 1 CPU, so Ray gives it 1 thread. The "
+                "peers do not batch; raysight and bare+engine batch with raysight's batcher: up "
+                "to 32 images a pass, a pass as soon as the model is free.",
                 "",
                 report.facts_table({**self.facts, **self.run.versions}),
             ]

@@ -66,8 +66,9 @@ SERVERS: dict[str, Server] = {
     for server in (
         Server(
             "raysight",
-            "`raysight serve`, default ingress (HAProxy in front of direct-ingress replicas), "
-            "1 replica, batching up to 32 images a pass, a pass as soon as the model is free",
+            "`raysight serve` as it starts by default: HAProxy in front of direct-ingress "
+            "replicas, one replica per core, each batching up to 32 images a pass, a pass as "
+            "soon as its model is free",
             "raysight",
             lambda ctx: raysight_serve.start(ctx, "raysight", None),
         ),

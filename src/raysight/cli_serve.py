@@ -50,7 +50,13 @@ def add_commands(commands: Any) -> None:
         default=8080,
         help="Prometheus metrics of a local Ray cluster (Ray's export port)",
     )
-    serve.add_argument("--replicas", type=int, default=1)
+    serve.add_argument(
+        "--replicas",
+        type=_replica_count,
+        default="auto",
+        help="replica count, or auto: on a cluster started here one per CPU core (one per "
+        "GPU share with --num-gpus), at most 8; on a cluster at RAY_ADDRESS 1",
+    )
     serve.add_argument("--num-gpus", type=float, default=0.0, help="per replica; may be 0.5")
     serve.add_argument(
         "--max-message-bytes",
@@ -99,6 +105,11 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def _replica_count(text: str) -> int | None:
+    """--replicas: a positive count, or auto (None: chosen once the cluster is known)."""
+    return None if text == "auto" else _positive_int(text)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -167,15 +178,21 @@ def _serve_until_stopped(
     ingress: str | None,
     local: bool,
 ) -> None:
+    import ray
+
     from raysight.serve import runner
 
     checkpoint = settings.checkpoint
+    replicas: int = args.replicas or 1
+    if args.replicas is None and local:
+        resources = ray.cluster_resources()
+        replicas = runner.auto_replicas(resources, runner.REPLICA_CPUS, args.num_gpus)
     config = runner.serve_config(
         settings,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         host=args.host,
-        replicas=args.replicas,
+        replicas=replicas,
         num_gpus=args.num_gpus,
         max_message_bytes=args.max_message_bytes,
     )
@@ -183,7 +200,10 @@ def _serve_until_stopped(
     ingress_words = _ingress_words(deployed.ingress)
     if args.tls_cert:
         ingress_words += ", mutual TLS" if args.tls_client_ca else ", TLS"
-    print(f"serving {checkpoint} on gRPC port {args.grpc_port} ({ingress_words})")
+    print(
+        f"serving {checkpoint} on gRPC port {args.grpc_port} "
+        f"({ingress_words}, {replicas} replica{'s' if replicas > 1 else ''})"
+    )
     if settings.rest:
         print(f"KServe V2 REST: http://127.0.0.1:{args.http_port}/v2")
     if deployed.neighbours:

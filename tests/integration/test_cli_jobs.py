@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from ray._private import utils as ray_utils
 
 from raysight.checkpoint import verify_checkpoint
 from raysight.data import load_arrays
+from raysight.serve.runner import AUTO_REPLICAS_MAX
 from tests.conftest import REPO, RayCluster, free_port
 from tests.integration.serving import digits_checkpoint, png, serve_argv, wait_serving
 from tests.integration.terminal import run_on_terminal, screen
@@ -224,6 +226,9 @@ def test_serve_and_predict_commands_then_ctrl_c(tmp_path: Path) -> None:
             raise
     assert server.returncode == 0
     assert f"gRPC port {grpc_port}" in out
+    # --replicas auto: one replica per core of the cluster it started, as Ray counts them.
+    replicas = max(1, min(AUTO_REPLICAS_MAX, ray_utils.get_num_cpus()))
+    assert f"{replicas} replica{'s' if replicas > 1 else ''})" in out
 
 
 def test_ctrl_c_while_serve_is_deploying_stops_at_once(tmp_path: Path) -> None:

@@ -116,6 +116,8 @@ def test_bad_serve_setting_names_the_field() -> None:
         (["--checkpoint", "x", "--device", "tpu"], "--device"),
         (["--checkpoint", "x", "--max-image-bytes", "1e6"], "--max-image-bytes"),
         (["--checkpoint", "x", "--batch-wait-ms", "5"], "--batch-wait-ms"),
+        (["--checkpoint", "x", "--replicas", "0"], "--replicas: must be positive"),
+        (["--checkpoint", "x", "--replicas", "many"], "--replicas"),
     ],
 )
 def test_bad_serve_flags_are_argparse_errors(

@@ -300,3 +300,21 @@ def test_both_ports_listen_on_loopback_unless_told_otherwise() -> None:
     # HAProxy binds gRPC where http_options.host says, so --host moves both.
     config = runner.serve_config(settings, host="0.0.0.0")
     assert config["http_options"]["host"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("resources", "num_cpus", "num_gpus", "expected"),
+    [
+        ({"CPU": 2.0}, 1.0, 0.0, 2),  # the 2-core build machine
+        ({"CPU": 7.0}, 2.0, 0.0, 3),  # a whole replica's CPUs or none
+        ({"CPU": 0.5}, 1.0, 0.0, 1),  # always one, even where none fits
+        ({"CPU": 64.0}, 1.0, 0.0, runner.AUTO_REPLICAS_MAX),
+        ({"CPU": 16.0, "GPU": 2.0}, 1.0, 1.0, 2),  # GPUs, not cores, count with a GPU
+        ({"CPU": 16.0, "GPU": 0.7}, 1.0, 0.1, 7),  # 0.7 / 0.1 is 6.999... in floats
+        ({"CPU": 16.0}, 1.0, 1.0, 1),  # asked for a GPU the cluster lacks: Serve says so
+    ],
+)
+def test_auto_replicas_fills_the_cluster_it_started(
+    resources: dict[str, float], num_cpus: float, num_gpus: float, expected: int
+) -> None:
+    assert runner.auto_replicas(resources, num_cpus, num_gpus) == expected
