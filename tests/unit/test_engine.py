@@ -62,3 +62,22 @@ def test_normalize_matches_trainings_preprocessing_and_wants_uint8(engine: Engin
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     with pytest.raises(InputError, match="uint8"):
         engine.normalize(pixels.astype(np.float32))
+
+
+def test_the_model_runs_channels_last_with_the_logits_of_the_stored_layout(
+    engine: Engine,
+) -> None:
+    # The engine converts the convolution weights to NHWC for speed; the answers must be
+    # those of the model as it was saved (NCHW), to float rounding.
+    convs = [m for m in engine.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not all(c.weight.is_contiguous() for c in convs)  # a 1-channel conv is both
+    reference = build_model("convnet", **engine.manifest.model_kwargs)
+    reference.load_state_dict(engine.model.state_dict())
+    reference.eval()
+    assert all(p.is_contiguous() for p in reference.parameters())
+    inputs = np.random.default_rng(1).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(inputs)).numpy()
+    np.testing.assert_allclose(engine.logits(inputs), expected, rtol=1e-5, atol=1e-6)
