@@ -31,7 +31,7 @@ from raysight.codec import oip
 from raysight.codec.image import ImageLimits, decode_image
 from raysight.errors import InputError
 from raysight.serve.batch_policy import BatchLimits
-from raysight.serve.batching import Batcher
+from raysight.serve.batching import Batcher, shorten_switch_interval
 from raysight.serve.errors import status_for
 
 SERVICE = "inference.GRPCInferenceService"
@@ -54,6 +54,7 @@ class EngineServicer:
         self.limits = ImageLimits()
         limits = BatchLimits(max_batch_size=max_batch_size, max_wait_s=batch_wait_s)
         self.batcher: Batcher[None] = Batcher(lambda _, batch: self.model.run(batch), limits)
+        shorten_switch_interval()  # as the replica does
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         tensors = oip.decode_inputs(request, max_batch_size=self.max_batch_size)

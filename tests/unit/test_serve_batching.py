@@ -4,6 +4,7 @@ model, no timing thresholds."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -12,7 +13,13 @@ import numpy as np
 import pytest
 
 from raysight.serve.batch_policy import BatchLimits, BatchPolicy, CostModel, OverloadedError
-from raysight.serve.batching import Batcher, Outputs, PassReport
+from raysight.serve.batching import (
+    SWITCH_INTERVAL_S,
+    Batcher,
+    Outputs,
+    PassReport,
+    shorten_switch_interval,
+)
 
 GPU_LIKE = (0.005, 0.0001)  # t(n) = 5 ms + 0.1 ms per row: a launch cost dominates
 CPU_LIKE = (0.0, 0.0005)  # t(n) = 0.5 ms per row, no fixed cost
@@ -478,3 +485,14 @@ def test_the_batcher_reports_each_answer_against_its_prediction() -> None:
         return batcher.policy.slack_s
 
     assert _run(main) == pytest.approx(0.02 * 0.100 * 0.99)  # one step up
+
+
+def test_the_switch_interval_is_shortened_for_passes_beside_the_loop() -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        shorten_switch_interval()
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        assert SWITCH_INTERVAL_S < 0.005  # shorter than the interpreter's default
+    finally:
+        sys.setswitchinterval(before)

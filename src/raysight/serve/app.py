@@ -25,7 +25,7 @@ from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight.logs import setup_logging
 from raysight.serve import health, images, oip_service, rest
 from raysight.serve.batch_policy import BatchLimits
-from raysight.serve.batching import Batcher, PassReport
+from raysight.serve.batching import Batcher, PassReport, shorten_switch_interval
 from raysight.serve.boundary import Boundary, set_status
 from raysight.serve.errors import ModelNotFoundError, NotReadyError, Status
 from raysight.serve.metrics import ServingMetrics
@@ -48,6 +48,7 @@ class InferenceServer:
 
     def __init__(self) -> None:
         setup_logging()
+        shorten_switch_interval()  # the forward passes run in a thread beside the loop
         self._model: ServedModel | None = None
         self._settings: ServeSettings | None = None
         self._metrics = ServingMetrics()
