@@ -560,22 +560,25 @@ def test_a_request_whose_deadline_passes_while_queued_is_dropped_before_compute(
 ) -> None:
     """A request queued behind a long pass, with a deadline shorter than that pass, is
     answered DEADLINE_EXCEEDED and never computed: the dropped counter says so."""
-    slow = untrained_checkpoint(tmp_path / "slow", "resnet18", (3, 64, 64))
+    slow = untrained_checkpoint(tmp_path / "slow", "resnet18", (3, 96, 96))
     served.swap(slow)
     model = "resnet18-untrained"
     client = served.triton()
     rng = np.random.default_rng(0)
+    full = rng.random((16, 3, 96, 96), np.float32)  # a pass of max_batch_size images
     try:
         _wait_for_model(client, model)
-        long = threading.Thread(
-            target=_infer,
-            args=(client, rng.random((16, 3, 64, 64), np.float32)),
-            kwargs={"model": model},
-        )
+        _infer(client, full, model=model)  # warm-up: allocator, kernels
+        started = time.perf_counter()
+        _infer(client, full, model=model)
+        pass_s = time.perf_counter() - started  # about 1 s here; the machine's speed varies
+        long = threading.Thread(target=_infer, args=(client, full), kwargs={"model": model})
         long.start()
-        time.sleep(0.2)  # sequencing: the 16 images' pass (over a second here) has begun
+        time.sleep(pass_s / 4)  # sequencing: the long pass has begun
+        # Queued behind it, with a deadline (3/4 of a pass after it began) before its end.
+        one = rng.random((1, 3, 96, 96), np.float32)
         with pytest.raises(InferenceServerException) as late:
-            _infer(client, rng.random((1, 3, 64, 64), np.float32), model=model, client_timeout=0.3)
+            _infer(client, one, model=model, client_timeout=pass_s / 2)
         long.join(timeout=120)
     finally:
         served.swap(served.checkpoints[0])
