@@ -183,8 +183,10 @@ def _serve_until_stopped(
     from raysight.serve import runner
 
     checkpoint = settings.checkpoint
-    replicas: int = args.replicas or 1
-    if args.replicas is None and local:
+    replicas: int | None = args.replicas
+    if replicas is None and not local:
+        replicas = 1  # auto on someone else's cluster: one
+    elif replicas is None:  # auto on a cluster started here: fill it
         resources = ray.cluster_resources()
         replicas = runner.auto_replicas(resources, runner.REPLICA_CPUS, args.num_gpus)
     config = runner.serve_config(

@@ -300,8 +300,8 @@ def shorten_switch_interval() -> None:
     event loop runs Python, each retake waits up to the switch interval (5 ms by default).
     Measured in one process on 2 cores: a 0.21 ms batch-1 pass took 41 ms beside a thread
     running Python at 5 ms, 1.9 ms at 0.2 ms. In `raysight serve` (two replicas, MNIST
-    convnet in channels-last, three alternations, median req/s) 0.2 ms answered 8-17% more
-    requests in each of unary and streamed at 1 and 32 callers but one (docs/benchmarks.md).
+    convnet in channels-last, three alternations, median req/s) 0.2 ms answered 4-17% more
+    requests, unary and streamed, at 1 and at 32 callers (docs/benchmarks.md).
     The whole process shares the setting; call it once where the batcher runs.
     """
     sys.setswitchinterval(SWITCH_INTERVAL_S)

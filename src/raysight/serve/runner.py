@@ -75,11 +75,12 @@ def auto_replicas(resources: Mapping[str, float], num_cpus: float, num_gpus: flo
     `num_gpus` share of the cluster's GPUs, or on CPU one per `num_cpus` of its cores, at
     least 1 and at most AUTO_REPLICAS_MAX.
 
-    A replica answers its RPCs on one event loop, under one interpreter lock: on the 2-core
-    build machine one replica kept about one core busy at 32 concurrent callers while a
-    quarter of the machine stood idle, and a second answered 25% more streamed requests
-    (unary ones gained 12% with NCHW weights, within the spread with channels-last)
-    (docs/benchmarks.md).
+    A replica answers its RPCs on one event loop, under one interpreter lock, so it uses about
+    one core: on the 2-core build machine one replica kept 0.95 of a core busy at 32
+    concurrent callers while a quarter of the machine stood idle. There, with NCHW weights,
+    a second replica answered 12% more unary and 25% more streamed requests; with the faster
+    channels-last engine, whose load generator and HAProxy share the same 2 cores, it no
+    longer beat one (docs/benchmarks.md). More cores than that give each replica its own.
 
     Args:
         resources: the cluster's resources (`ray.cluster_resources()`).
