@@ -197,8 +197,16 @@ def test_serve_and_predict_commands_then_ctrl_c(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,  # Ctrl-C below goes to its whole group, as a terminal's does
     )
+    head: list[str] = []
     try:
         wait_serving(f"127.0.0.1:{grpc_port}", server)
+        # Health answers once one replica runs; the command is serving (and Ctrl-C stops it
+        # rather than interrupting the deploy) once every replica runs and it says so.
+        assert server.stdout is not None
+        while not head or not head[-1].startswith("Ctrl-C stops"):
+            line = server.stdout.readline()
+            assert line, "".join(head)
+            head.append(line)
         predict = _run(
             [str(BIN / "raysight"), "predict", str(image), "--target", f"127.0.0.1:{grpc_port}"],
             dict(os.environ),
@@ -220,11 +228,12 @@ def test_serve_and_predict_commands_then_ctrl_c(tmp_path: Path) -> None:
     finally:
         os.killpg(server.pid, signal.SIGINT)
         try:
-            out, _ = server.communicate(timeout=60)
+            rest, _ = server.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             raise
     assert server.returncode == 0
+    out = "".join(head) + rest
     assert f"gRPC port {grpc_port}" in out
     # --replicas auto: one replica per core of the cluster it started, as Ray counts them.
     replicas = max(1, min(AUTO_REPLICAS_MAX, ray_utils.get_num_cpus()))
