@@ -8,6 +8,7 @@ exception: raysight's engine alone, no transport, measured by `servers/engine.py
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -48,6 +49,20 @@ class Server:
 
 
 @contextlib.contextmanager
+def _ray_nowork(ctx: Context, name: str) -> Iterator[Running]:
+    port = free_port()
+    argv = [sys.executable, str(HERE / "ray_nowork.py"), "--port", str(port)]
+    argv += ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join another
+    env.update(RAY_AUTH_MODE="token", RAY_worker_niceness="0")
+    log = ctx.log_dir / f"{name}.log"
+    with running(argv, log, env=env, grace_s=raysight_serve.STOP_GRACE_S) as child:
+        target = f"127.0.0.1:{port}"
+        wait_ready(target, child, raysight_serve.READY_TIMEOUT_S)
+        yield Running(name, target, log, shlex.join(argv), child.pid)
+
+
+@contextlib.contextmanager
 def _bare(ctx: Context, name: str, engine: bool) -> Iterator[Running]:
     port = free_port()
     argv = [sys.executable, str(HERE / "bare.py"), "--port", str(port)]
@@ -83,6 +98,14 @@ SERVERS: dict[str, Server] = {
             "a grpc.aio server in one process answering fixed bytes, no work: the transport limit",
             "limit",
             lambda ctx: _bare(ctx, "bare", engine=False),
+        ),
+        Server(
+            "ray-nowork",
+            "Ray Serve's HAProxy ingress as `raysight serve` starts it (one replica per core), "
+            "each replica answering with the bare server's no-work handlers: the transport "
+            "limit through Serve",
+            "limit",
+            lambda ctx: _ray_nowork(ctx, "ray-nowork"),
         ),
         Server(
             "bare+engine",
