@@ -8,7 +8,6 @@ exception: raysight's engine alone, no transport, measured by `servers/engine.py
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -53,9 +52,8 @@ def _ray_nowork(ctx: Context, name: str) -> Iterator[Running]:
     port = free_port()
     argv = [sys.executable, str(HERE / "ray_nowork.py"), "--port", str(port)]
     argv += ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join another
-    env.update(RAY_AUTH_MODE="token", RAY_worker_niceness="0")
     log = ctx.log_dir / f"{name}.log"
+    env = raysight_serve.cluster_env()
     with running(argv, log, env=env, grace_s=raysight_serve.STOP_GRACE_S) as child:
         target = f"127.0.0.1:{port}"
         wait_ready(target, child, raysight_serve.READY_TIMEOUT_S)

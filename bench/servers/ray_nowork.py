@@ -51,10 +51,10 @@ def add_to_server(servicer: Any, server: Any) -> None:
 
 def _cluster_env(max_message_bytes: int) -> dict[str, str]:
     """`raysight serve`'s local-cluster environment, and this folder on the path."""
-    from raysight.cli_serve import _local_cluster_env
+    from raysight.cli_serve import local_cluster_env
 
     args = argparse.Namespace(ingress=None, max_message_bytes=max_message_bytes)
-    env = _local_cluster_env(args, None)
+    env = local_cluster_env(args, None)
     path = os.environ.get("PYTHONPATH", "")
     env["PYTHONPATH"] = f"{HERE}{os.pathsep}{path}" if path else str(HERE)
     return env

@@ -43,13 +43,19 @@ def command(
     return argv + list(extra)
 
 
+def cluster_env() -> dict[str, str]:
+    """The environment a bench server that starts its own Ray cluster runs with."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join another
+    env.update(RAY_AUTH_MODE="token", RAY_worker_niceness="0")
+    return env
+
+
 @contextlib.contextmanager
 def start(
     ctx: Context, name: str, ingress: str | None, extra: Sequence[str] = ()
 ) -> Iterator[Running]:
     """Serve the checkpoint until the block ends, on a local cluster of its own."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # never join another
-    env.update(RAY_AUTH_MODE="token", RAY_worker_niceness="0")
+    env = cluster_env()
     grpc_port = free_port()
     argv = command(ctx, ingress, grpc_port, extra)
     log = ctx.log_dir / f"{name}.log"

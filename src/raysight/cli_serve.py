@@ -122,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not os.environ.get("RAY_ADDRESS"):  # a local cluster: its ports are on this machine
         check_port_free(args.grpc_port, "stop it, or pick another port with --grpc-port")
         check_port_free(args.http_port, "stop it, or pick another port with --http-port")
-        os.environ.update(_local_cluster_env(args, tls))
+        os.environ.update(local_cluster_env(args, tls))
     if tls is None:
         return _serve_on_cluster(args, settings)
     # HAProxy's copy of the TLS key goes in here, and goes when serving stops.
@@ -274,7 +274,7 @@ def _server_tls(args: argparse.Namespace) -> ServerTls | None:
     return tls
 
 
-def _local_cluster_env(args: argparse.Namespace, tls: ServerTls | None) -> dict[str, str]:
+def local_cluster_env(args: argparse.Namespace, tls: ServerTls | None) -> dict[str, str]:
     """What the local cluster's processes read from the environment they start with."""
     ingress = args.ingress or INGRESS_MODES[0]
     env = {

@@ -216,7 +216,7 @@ def test_a_local_cluster_runs_haproxy_through_the_launcher_with_tls_only_when_as
     from raysight.serve.tls import ServerTls
 
     args = cli._parser().parse_args(["serve", "--checkpoint", "/ckpt"])
-    env = cli_serve._local_cluster_env(args, None)
+    env = cli_serve.local_cluster_env(args, None)
     launcher = Path(env["RAY_SERVE_HAPROXY_BINARY_PATH"])
     assert launcher.name == "raysight-haproxy" and os.access(launcher, os.X_OK)
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
@@ -225,11 +225,11 @@ def test_a_local_cluster_runs_haproxy_through_the_launcher_with_tls_only_when_as
     # Values left in the shell are overwritten, so they cannot turn TLS on.
     assert env["RAYSIGHT_TLS_CERT"] == env["RAYSIGHT_TLS_KEY"] == ""
     tls = ServerTls(cert=tmp_path / "c.pem", key=tmp_path / "k.pem", client_ca=tmp_path / "ca")
-    env = cli_serve._local_cluster_env(args, tls)
+    env = cli_serve.local_cluster_env(args, tls)
     assert env["RAYSIGHT_TLS_CERT"] == str(tmp_path / "c.pem")
     assert env["RAYSIGHT_TLS_CLIENT_CA"] == str(tmp_path / "ca")
     monkeypatch.setenv("RAY_SERVE_HAPROXY_NBTHREAD", "3")  # the operator's own choice stands
-    assert cli_serve._local_cluster_env(args, None)["RAY_SERVE_HAPROXY_NBTHREAD"] == "3"
+    assert cli_serve.local_cluster_env(args, None)["RAY_SERVE_HAPROXY_NBTHREAD"] == "3"
 
 
 def test_tls_on_a_cluster_raysight_does_not_start_is_refused(
