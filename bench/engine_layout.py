@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from raysight.allocator import retain_freed_memory
 from raysight.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=_REPO / "docs" / "benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # as a serving replica does: passes reuse memory
     rows = [row for case in CASES for row in _measure(case, args.rounds, args.seconds)]
     facts = machine_facts(_REPO)
     command = (

@@ -22,10 +22,10 @@ from pathlib import Path
 import ray
 import torch
 
+from raysight.allocator import retain_freed_memory
 from raysight.cluster import connected
 from raysight.config import TrainConfig
 from raysight.models import build_model
-from raysight.train.allocator import retain_freed_memory
 from raysight.train.feeds import ArrayFeed
 from raysight.train.schedule import lr_at
 from raysight.train.step import Stepper, build_optimizer

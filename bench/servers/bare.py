@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
+from raysight.allocator import retain_freed_memory
 from raysight.codec import oip
 from raysight.codec.image import ImageLimits, decode_image
 from raysight.errors import InputError
@@ -55,6 +56,7 @@ class EngineServicer:
         limits = BatchLimits(max_batch_size=max_batch_size, max_wait_s=batch_wait_s)
         self.batcher: Batcher[None] = Batcher(lambda _, batch: self.model.run(batch), limits)
         shorten_switch_interval()  # as the replica does
+        retain_freed_memory()
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         tensors = oip.decode_inputs(request, max_batch_size=self.max_batch_size)

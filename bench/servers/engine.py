@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raysight.allocator import retain_freed_memory
 from raysight.engine import Engine
 from raysight.serve.model import ServedModel, load_served_model
 
@@ -98,6 +99,7 @@ def main() -> int:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # as a serving replica does: passes reuse memory
     model = load_served_model(args.checkpoint, "", args.device)
     batches = [int(b) for b in args.batches.split(",")]
     for row in measure(model, batches, args.duration, args.dtype):

@@ -22,7 +22,7 @@ _ITERATIONS = 20
 _PRELUDE = """
 import ctypes, ctypes.util, resource, sys, threading
 import numpy as np
-from raysight.train.allocator import retain_freed_memory
+from raysight.allocator import retain_freed_memory
 
 def faults(mib):
     np.ones((mib << 20) // 4, dtype=np.float32)  # the first use may fault in any case
@@ -77,6 +77,6 @@ def test_a_freed_buffer_is_reused_without_page_faults(case: str) -> None:
 
 @pytest.mark.skipif(_GLIBC, reason="only C libraries other than glibc decline")
 def test_other_c_libraries_decline() -> None:
-    from raysight.train.allocator import retain_freed_memory
+    from raysight.allocator import retain_freed_memory
 
     assert retain_freed_memory() is False

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import torch
 
+from raysight.allocator import retain_freed_memory
 from raysight.engine import Engine
 
 THREADS_ENV = "RAYSIGHT_BENCH_TORCH_THREADS"
@@ -19,8 +20,10 @@ THREADS_ENV = "RAYSIGHT_BENCH_TORCH_THREADS"
 
 
 def load(checkpoint: str) -> Engine:
-    """The checkpoint on the CPU, with the bench's thread count."""
+    """The checkpoint on the CPU, with the bench's thread count and the replica's malloc
+    settings, so that the allocator is not what differs between the servers."""
     torch.set_num_threads(int(os.environ.get(THREADS_ENV, "1")))
+    retain_freed_memory()
     return Engine.from_directory(checkpoint)
 
 

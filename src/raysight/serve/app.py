@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
+from raysight.allocator import retain_freed_memory
 from raysight.logs import setup_logging
 from raysight.serve import health, images, oip_service, rest
 from raysight.serve.batch_policy import BatchLimits
@@ -49,6 +50,7 @@ class InferenceServer:
     def __init__(self) -> None:
         setup_logging()
         shorten_switch_interval()  # the forward passes run in a thread beside the loop
+        retain_freed_memory()  # each pass's activations reuse memory, not fresh pages
         self._model: ServedModel | None = None
         self._settings: ServeSettings | None = None
         self._metrics = ServingMetrics()

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from raysight.allocator import retain_freed_memory
 from raysight.checkpoint import (
     Manifest,
     Preprocessing,
@@ -35,7 +36,6 @@ from raysight.config import TrainConfig
 from raysight.errors import RaysightError
 from raysight.logs import setup_logging
 from raysight.models import build_model
-from raysight.train.allocator import retain_freed_memory
 from raysight.train.epoch import EpochStats, EpochTimes, log_epoch, report_metrics
 from raysight.train.feeds import ArrayFeed, Feed, RayDataFeed
 from raysight.train.finetune import FrozenBackbone, ParentWeights, start_from_parent

@@ -1,4 +1,4 @@
-"""Keep freed tensor memory inside a training process instead of handing it back each step.
+"""Keep freed tensor memory inside a process instead of handing it back each step or pass.
 
 glibc gives large freed blocks back to the kernel in three ways: blocks above the mmap
 threshold are unmapped on free; a heap's free top is trimmed once it passes the trim
@@ -14,6 +14,12 @@ per 30,000-image MNIST epoch (up to 165,000 a second on each of its two threads)
 every run (docs/benchmarks.md). Buffers above 32 MiB are still mapped fresh each time,
 which glibc does not let a process change; an allocator such as jemalloc, preloaded, is
 the remedy there.
+
+A serving replica runs its forward passes in a worker thread and hit the same: the
+catsdogs model at 180x180, 1 torch thread, took 65 ms for a batch of 8 in a thread (50 ms
+in the main thread) against 35 ms with these settings, which keep the cost per image flat
+from 1 image to 8; the MNIST convnet's batch of 32 took 1.3 to 3.3 ms a pass from one
+process to the next in the main thread, 1.3 ms in every process with them.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ TOP_PAD_BYTES = 64 * 1024 * 1024
 
 
 def retain_freed_memory() -> bool:
-    """Fix glibc's malloc settings for this process; call once, before training.
+    """Fix glibc's malloc settings for this process; call once, before training or serving.
 
     Returns:
         True when applied; False where the C library is not glibc (macOS, musl), whose
@@ -64,5 +70,5 @@ def retain_freed_memory() -> bool:
         )
     )
     if not applied:
-        logger.warning("glibc refused the malloc thresholds; training may page-fault per step")
+        logger.warning("glibc refused the malloc thresholds; each step or pass may page-fault")
     return applied
