@@ -117,8 +117,8 @@ def main() -> None:
             f"Command: `{command}` ({facts['date']}, commit {facts['raysight commit']}, "
             f"{facts['CPU']}, torch {facts['torch']}). One forward pass of NCHW inputs, "
             f"{args.threads} torch thread{'s' if args.threads > 1 else ''}, random weights, "
-            f"median of {args.rounds} interleaved rounds. The engine serves with channels-last "
-            "weights.",
+            f"median of {args.rounds} interleaved rounds, with the serving replica's malloc "
+            "settings (`raysight.allocator`). The engine serves with channels-last weights.",
             table(
                 [
                     "model, input",

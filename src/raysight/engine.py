@@ -36,8 +36,8 @@ class Engine:
         self.manifest: Manifest = checkpoint.manifest
         self.device = torch.device(device)
         # Channels-last (NHWC) convolution weights, as training uses: oneDNN's and cuDNN's
-        # convolutions run NHWC natively. Measured on CPU, 1 thread, against NCHW: 1.4-4.9x
-        # for the MNIST convnet (batches of 1-32), 1.9-2.3x for catsdogs, 1.01-1.24x for the
+        # convolutions run NHWC natively. Measured on CPU, 1 thread, against NCHW: 1.4-3.5x
+        # for the MNIST convnet (batches of 1-32), 2.3-2.4x for catsdogs, 1.01-1.28x for the
         # ResNets, logits equal to 1e-7 (bench/engine_layout.py). NCHW inputs stay as they come:
         # the first convolution's output follows its weight's layout.
         self.model = (
