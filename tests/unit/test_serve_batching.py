@@ -102,10 +102,10 @@ def test_no_wait_while_the_model_is_mostly_idle() -> None:
     """Company and a fixed cost, but passes of 5-8 ms each after 50 ms idle: the model has
     capacity to spare, so a wait would only delay the first item; back to back it waits."""
     idle = _taught(BatchPolicy(BatchLimits(max_wait_s=0.01)), GPU_LIKE, others=20, idle_s=0.05)
-    assert idle.busy < 0.5
+    assert idle.busy < 0.75
     assert idle.wait_s(queued_rows=1, waited_s=0.0) == 0.0
     busy = _taught(BatchPolicy(BatchLimits(max_wait_s=0.01)), GPU_LIKE, others=20, idle_s=0.001)
-    assert busy.busy > 0.5
+    assert busy.busy > 0.75
     assert busy.wait_s(queued_rows=1, waited_s=0.0) == pytest.approx(0.005, rel=1e-3)
 
 
