@@ -29,14 +29,12 @@ def _run(coroutine: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     return asyncio.run(asyncio.wait_for(coroutine(), timeout=30))
 
 
-def _taught(
-    policy: BatchPolicy, cost: tuple[float, float], others: int, idle_s: float = 0.0
-) -> BatchPolicy:
-    """A policy that has seen passes of 1..32 rows costing `cost`, each after the model sat
-    idle for `idle_s` (0: back to back), and arrivals that found `others` items in flight."""
+def _taught(policy: BatchPolicy, cost: tuple[float, float], others: int) -> BatchPolicy:
+    """A policy that has seen passes of 1..32 rows costing `cost` and arrivals that found
+    `others` items in flight."""
     a, b = cost
     for n in list(range(1, 33)) * 3:
-        policy.on_pass(n, a + b * n, idle_s)
+        policy.cost.observe(n, a + b * n)
     for _ in range(200):
         policy.on_arrival(others)
     return policy
@@ -96,17 +94,6 @@ def test_waits_for_company_when_a_pass_is_mostly_fixed_cost() -> None:
     assert policy.wait_s(queued_rows=1, waited_s=0.006) == 0.0
     # Enough rows that the fixed cost is at most half the pass (a / b = 50 > cap 32): the cap.
     assert policy.wait_s(queued_rows=32, waited_s=0.0) == 0.0
-
-
-def test_no_wait_while_the_model_is_mostly_idle() -> None:
-    """Company and a fixed cost, but passes of 5-8 ms each after 50 ms idle: the model has
-    capacity to spare, so a wait would only delay the first item; back to back it waits."""
-    idle = _taught(BatchPolicy(BatchLimits(max_wait_s=0.01)), GPU_LIKE, others=20, idle_s=0.05)
-    assert idle.busy < 0.75
-    assert idle.wait_s(queued_rows=1, waited_s=0.0) == 0.0
-    busy = _taught(BatchPolicy(BatchLimits(max_wait_s=0.01)), GPU_LIKE, others=20, idle_s=0.001)
-    assert busy.busy > 0.75
-    assert busy.wait_s(queued_rows=1, waited_s=0.0) == pytest.approx(0.005, rel=1e-3)
 
 
 def test_wait_is_bounded_by_the_setting() -> None:
@@ -385,36 +372,6 @@ def test_waiting_gathers_company_when_it_pays() -> None:
     seen.clear()
     asyncio.run(main(teach=False))
     assert [len(batch) for batch in seen] == [1, 1]
-
-
-def test_busy_is_weighted_by_time_not_by_pass() -> None:
-    """A pass after 3 ms idle, then one queued behind it: 2 ms of compute in 5 ms. Averaged
-    by pass it would read 0.625 and let waits start on a model idle most of the time."""
-    policy = BatchPolicy(BatchLimits())
-    assert policy.busy == 0.0
-    for _ in range(100):
-        policy.on_pass(1, 0.001, idle_s=0.003)
-        policy.on_pass(3, 0.001, idle_s=0.0)
-    assert policy.busy == pytest.approx(0.4, abs=0.01)
-
-
-def test_the_batcher_measures_how_busy_the_model_is() -> None:
-    """Passes of 1 ms on the fake clock, each after 3 ms with nothing to do: the model is
-    busy a quarter of the time, and the policy learns that share."""
-    clock = FakeClock()
-
-    def run(key: str, batch: np.ndarray) -> Outputs:
-        clock.now += 0.001
-        return {"y": batch}
-
-    async def main() -> float:
-        batcher = Batcher(run, BatchLimits(), clock=clock)
-        for i in range(200):
-            clock.now += 0.003
-            await batcher.submit("m", _rows(1, i))
-        return batcher.policy.busy
-
-    assert _run(main) == pytest.approx(0.25, abs=0.01)
 
 
 def test_a_failing_report_does_not_fail_the_items() -> None:

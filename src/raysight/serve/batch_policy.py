@@ -32,16 +32,6 @@ wait for more, up to `max_wait_s` and never longer than a: without the wait the 
 run together in the next pass anyway, so waiting saves at most one fixed cost. It stops
 waiting once the rows reach the cap or a/b (where the fixed cost is half the pass). On a
 CPU, where a is near 0, and for a lone request, nothing waits.
-
-**Waiting trades latency for capacity**, so it pays only while the model is short of
-capacity: recent passes ran for at least three quarters of the time (`busy`: their compute
-over the time from each previous pass's end to their own end, weighted by time, so that a
-pass queued behind another does not count as a model busy all along). A model with time to
-spare serves the latecomers in their own pass at no cost to anyone, and a wait only delays
-the first item. Measured before this gate, `raysight serve` with the MNIST convnet waited
-on each 4-deep stream (the pass's fixed cost there is mostly the hop to the forward-pass
-thread, which a pass's time includes, so the model reads busier than it is) and answered
-10% fewer stream requests at c=1 than with no wait; a gate at half the time still left 5%.
 """
 
 from __future__ import annotations
@@ -53,7 +43,6 @@ _QUANTILE = 0.99  # the share of answers the latency target is for
 _STEP = 0.02  # the slack tracker's step, as a share of the target
 _MIN_SPREAD = 0.25  # variance of n (rows²) below which a and b cannot be told apart
 _COMPANY = 1.0  # mean others in flight at arrival above which someone is likely to join
-_BUSY = 0.75  # share of recent time in passes below which waiting cannot pay
 
 
 @dataclass(frozen=True)
@@ -136,9 +125,6 @@ class BatchPolicy:
         self.cap = limits.max_batch_size
         self.cost = CostModel()
         self._company = 0.0  # weighted mean of the others in flight when an item arrives
-        # Weighted sums over recent passes of their compute and of the time from the previous
-        # pass's end to their own: busy is their ratio, weighted by time, not by pass.
-        self._busy_s = self._span_s = 0.0
         self.slack_s = 0.0  # 99th percentile of (actual - predicted) answer time, >= 0
 
     def configure(self, limits: BatchLimits) -> None:
@@ -157,7 +143,7 @@ class BatchPolicy:
             queued_rows: Rows the pass would take if it started now.
             waited_s: How long the oldest item has waited already.
         """
-        if queued_rows >= self.cap or self._company < _COMPANY or self.busy < _BUSY:
+        if queued_rows >= self.cap or self._company < _COMPANY:
             return 0.0
         fit = self.cost.fit()
         if fit is None:
@@ -167,18 +153,10 @@ class BatchPolicy:
             return 0.0
         return max(0.0, min(self.limits.max_wait_s, a) - waited_s)
 
-    def on_pass(self, rows: int, compute_s: float, idle_s: float = 0.0) -> None:
-        """A pass of `rows` took `compute_s` in the model, which had been idle for `idle_s`
-        before it started: learn its cost and how busy the model is, size the next."""
+    def on_pass(self, rows: int, compute_s: float) -> None:
+        """A pass of `rows` took `compute_s` in the model: learn its cost, size the next."""
         self.cost.observe(rows, compute_s)
-        self._busy_s = _DECAY * self._busy_s + compute_s
-        self._span_s = _DECAY * self._span_s + compute_s + idle_s
         self.cap = self._cap()
-
-    @property
-    def busy(self) -> float:
-        """The share of recent time the model spent in passes, 0 before any pass."""
-        return self._busy_s / self._span_s if self._span_s > 0 else 0.0
 
     def _cap(self) -> int:
         target, most = self.limits.latency_target_s, self.limits.max_batch_size

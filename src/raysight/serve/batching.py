@@ -108,7 +108,6 @@ class Batcher(Generic[K]):
         self._queue: list[_Item[K]] = []
         # Running passes by the id of their item list: (started at, rows).
         self._running: dict[int, tuple[float, int]] = {}
-        self._idle_since = clock()  # when the last running pass ended
         self._in_passes = 0  # items in those passes
         self._tasks: set[asyncio.Task[None]] = set()  # held so they are not collected
         self._timer: asyncio.TimerHandle | None = None
@@ -237,17 +236,15 @@ class Batcher(Generic[K]):
             self._timer = None
 
     def _start(self, items: list[_Item[K]]) -> None:
-        now = self._clock()
-        idle = 0.0 if self._running else now - self._idle_since  # the model sat unused
-        self._running[id(items)] = (now, sum(item.rows for item in items))
+        self._running[id(items)] = (self._clock(), sum(item.rows for item in items))
         self._in_passes += len(items)
-        task = asyncio.get_running_loop().create_task(self._pass(items, idle))
+        task = asyncio.get_running_loop().create_task(self._pass(items))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # ---- one pass ---------------------------------------------------------------------------
 
-    async def _pass(self, items: list[_Item[K]], idle_s: float) -> None:
+    async def _pass(self, items: list[_Item[K]]) -> None:
         started = self._clock()
         key = items[0].key
         batch = (
@@ -265,7 +262,7 @@ class Batcher(Generic[K]):
             return
         ended = self._clock()
         compute = ended - started
-        self.policy.on_pass(len(batch), compute, idle_s)
+        self.policy.on_pass(len(batch), compute)
         self._finish(items)  # the next pass starts now, with the cap just updated
         offset = 0
         for item in items:
@@ -281,8 +278,6 @@ class Batcher(Generic[K]):
     def _finish(self, items: list[_Item[K]]) -> None:
         del self._running[id(items)]
         self._in_passes -= len(items)
-        if not self._running:
-            self._idle_since = self._clock()
         self._kick()
 
     def _report(
