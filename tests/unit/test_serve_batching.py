@@ -78,29 +78,46 @@ def test_cost_model_cannot_separate_costs_from_one_size() -> None:
 
 def test_no_wait_without_a_fixed_cost() -> None:
     policy = _taught(BatchPolicy(BatchLimits(max_wait_s=0.01)), CPU_LIKE, others=20)
-    assert policy.wait_s(queued_rows=1, waited_s=0.0) == 0.0
+    assert policy.wait_s(queued_rows=1, waited_s=0.0, in_flight=1) == 0.0
 
 
 def test_no_wait_for_a_lone_request_even_with_a_fixed_cost() -> None:
     policy = _taught(BatchPolicy(BatchLimits(max_wait_s=0.01)), GPU_LIKE, others=0)
-    assert policy.wait_s(queued_rows=1, waited_s=0.0) == 0.0
+    assert policy.wait_s(queued_rows=1, waited_s=0.0, in_flight=1) == 0.0
 
 
 def test_waits_for_company_when_a_pass_is_mostly_fixed_cost() -> None:
     policy = _taught(BatchPolicy(BatchLimits(max_wait_s=0.01)), GPU_LIKE, others=20)
+
+    def wait(waited_s: float) -> float:
+        return policy.wait_s(queued_rows=1, waited_s=waited_s, in_flight=1)
+
     # Never longer than one fixed cost (5 ms), though the setting allows 10 ms.
-    assert policy.wait_s(queued_rows=1, waited_s=0.0) == pytest.approx(0.005, rel=1e-3)
-    assert policy.wait_s(queued_rows=1, waited_s=0.004) == pytest.approx(0.001, rel=1e-2)
-    assert policy.wait_s(queued_rows=1, waited_s=0.006) == 0.0
+    assert wait(0.0) == pytest.approx(0.005, rel=1e-3)
+    assert wait(0.004) == pytest.approx(0.001, rel=1e-2)
+    assert wait(0.006) == 0.0
     # Enough rows that the fixed cost is at most half the pass (a / b = 50 > cap 32): the cap.
-    assert policy.wait_s(queued_rows=32, waited_s=0.0) == 0.0
+    assert policy.wait_s(queued_rows=32, waited_s=0.0, in_flight=1) == 0.0
+
+
+def test_no_wait_once_everyone_arrivals_have_been_finding_is_here() -> None:
+    """Arrivals found 0-3 others (1.5 on average: bursts of 4, as a 4-deep stream sends):
+    with 2 of them in flight the first waits, with all 4 it starts at once."""
+    policy = BatchPolicy(BatchLimits(max_wait_s=0.01))
+    for n in list(range(1, 33)) * 3:
+        policy.on_pass(n, GPU_LIKE[0] + GPU_LIKE[1] * n)
+    for _ in range(50):
+        for others in range(4):
+            policy.on_arrival(others)
+    assert policy.wait_s(queued_rows=2, waited_s=0.0, in_flight=2) > 0
+    assert policy.wait_s(queued_rows=4, waited_s=0.0, in_flight=4) == 0.0
 
 
 def test_wait_is_bounded_by_the_setting() -> None:
     policy = _taught(BatchPolicy(BatchLimits(max_wait_s=0.002)), GPU_LIKE, others=20)
-    assert policy.wait_s(queued_rows=1, waited_s=0.0) == pytest.approx(0.002)
+    assert policy.wait_s(queued_rows=1, waited_s=0.0, in_flight=1) == pytest.approx(0.002)
     off = _taught(BatchPolicy(BatchLimits(max_wait_s=0.0)), GPU_LIKE, others=20)
-    assert off.wait_s(queued_rows=1, waited_s=0.0) == 0.0
+    assert off.wait_s(queued_rows=1, waited_s=0.0, in_flight=1) == 0.0
 
 
 def test_limits_refuse_nonsense() -> None:

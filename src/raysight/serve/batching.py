@@ -197,7 +197,8 @@ class Batcher(Generic[K]):
             items = self._take()
             head = items[0]
             rows = sum(item.rows for item in items)
-            wait = self.policy.wait_s(rows, self._clock() - head.queued_at)
+            waited = self._clock() - head.queued_at
+            wait = self.policy.wait_s(rows, waited, len(self._queue) + self._in_passes)
             if wait > 0:
                 self._arm(wait)
                 return

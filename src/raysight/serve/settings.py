@@ -107,7 +107,7 @@ class ServeSettings:
         metadata=doc(
             "The most the first request of a batch waits for others to join, and only when "
             "the measured cost of a pass says waiting pays (a large fixed cost per pass, as "
-            "on a GPU, with other requests in flight); a lone request never waits."
+            "on a GPU, with more requests likely to join); a lone request never waits."
         ),
     )
     latency_target_s: float = field(
