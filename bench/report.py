@@ -51,7 +51,9 @@ def machine_facts(repo: Path) -> dict[str, str]:
     memory_kib = _first("/proc/meminfo", "MemTotal").split()[0]
     memory = f"{int(memory_kib) / 2**20:.1f} GiB" if memory_kib.isdigit() else "?"
     commit = _git(repo, "rev-parse", "--short", "HEAD") or "?"
-    if _git(repo, "status", "--porcelain", "--untracked-files=no"):
+    # docs/ is where the benches write their pages and plots: a bench run after another
+    # leaves them changed, which changes nothing that is measured.
+    if _git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs"):
         commit += " with uncommitted changes"
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return {
