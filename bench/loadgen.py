@@ -54,6 +54,10 @@ WORKLOADS: dict[str, tuple[str, str, int]] = {
 """Every workload the bench knows. FP32 carries normalised inputs, UINT8 raw pixels; both
 travel in raw_input_contents."""
 
+STALL_S = 0.003
+"""A gap between answers counted as a stall: over twice a lone request's round trip through
+`raysight serve` on the 2-core build machine (p50 about 1.3 ms)."""
+
 STREAM_ERROR = "STREAM_ERROR"
 """The code counted for an in-band error of a stream (ModelStreamInferResponse.error_message)."""
 
@@ -182,6 +186,10 @@ class CellResult:
     client_cpu: float = 0.0  # the load generator's CPU seconds per second of the whole run
     offered_per_s: float = 0.0  # an open loop's arrival rate (bench/openloop.py); 0: closed
     arrived: int = 0  # an open loop's requests scheduled in the window (a Poisson draw)
+    # Gaps over STALL_S between consecutive OK answers in a closed loop's window, and their
+    # total seconds; None in an open loop, where a gap may be only a lull in arrivals.
+    stalls: int | None = None
+    stalled_s: float | None = None
 
     @property
     def requests_per_s(self) -> float:
@@ -220,6 +228,7 @@ class _Window:
         self.warmup_requests = warmup_requests
         self.issued = 0
         self.latencies: list[float] = []
+        self.ends: list[float] = []  # when each OK answer in `latencies` came back
         self.errors: Counter[str] = Counter()
         self.warmup_errors: Counter[str] = Counter()
         self.first_start = float("inf")
@@ -256,6 +265,7 @@ class _Window:
             self.errors[code] += 1
             return
         self.latencies.append(ended - started)
+        self.ends.append(ended)
         self.first_start = min(self.first_start, started)
         self.last_end = max(self.last_end, ended)
 
@@ -422,6 +432,7 @@ async def run_cell(
     finally:
         await asyncio.gather(*(c.close() for c in opened))
     latencies_ms = np.asarray(window.latencies) * 1000.0
+    stalls, stalled_s = stall_gaps(window.ends)
     p50, p90, p99 = (
         np.percentile(latencies_ms, [50, 90, 99]) if len(latencies_ms) else (np.nan,) * 3
     )
@@ -439,7 +450,18 @@ async def run_cell(
         errors=dict(window.errors),
         warmup_errors=dict(window.warmup_errors),
         client_cpu=client_cpu,
+        stalls=stalls,
+        stalled_s=stalled_s,
     )
+
+
+def stall_gaps(ends: list[float], over_s: float = STALL_S) -> tuple[int, float]:
+    """Gaps longer than `over_s` between consecutive answers: how many, and their total
+    seconds. In a closed loop every caller is waiting during such a gap, so it is a time
+    in which the server answered no one."""
+    gaps = np.diff(np.sort(np.asarray(ends, dtype=np.float64)))
+    long = gaps[gaps > over_s]
+    return len(long), float(long.sum())
 
 
 def _channel(
@@ -491,11 +513,17 @@ async def _probe_stream(
 
 def _print(result: CellResult) -> None:
     errors = ", ".join(f"{k} {v}" for k, v in sorted(result.errors.items())) or "none"
+    stalls = ""
+    if result.stalls is not None and result.stalled_s is not None:
+        stalls = (
+            f", {result.stalls} gaps over {STALL_S * 1000:.0f} ms without an answer "
+            f"({result.stalled_s * 1000:.0f} ms in all)"
+        )
     print(
         f"{result.workload} c={result.concurrency}: {result.requests_per_s:.1f} req/s, "
         f"{result.images_per_s:.1f} images/s, p50 {result.p50_ms:.2f} ms, "
         f"p90 {result.p90_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, non-OK: {errors}, "
-        f"client CPU {result.client_cpu:.2f}"
+        f"client CPU {result.client_cpu:.2f}{stalls}"
     )
 
 
