@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import loadgen
 import openloop
 
+from tests.raw_infer_server import RawInfer, raw_infer_server
+
 RATE, WARMUP_S, DURATION_S = 300.0, 0.2, 1.0
 T = TypeVar("T")
 
@@ -31,7 +33,7 @@ def _scheduled_in_window(seed: int) -> int:
     return int(((times >= WARMUP_S) & (times < WARMUP_S + DURATION_S)).sum())
 
 
-async def _server(port_box: list[int]) -> AsyncIterator[None]:
+def _every_third_refused() -> RawInfer:
     answered = 0
 
     async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -41,31 +43,15 @@ async def _server(port_box: list[int]) -> AsyncIterator[None]:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "full")
         return b""
 
-    handler = grpc.method_handlers_generic_handler(
-        "inference.GRPCInferenceService",
-        {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    port_box.append(server.add_insecure_port("127.0.0.1:0"))
-    await server.start()
-    try:
-        yield
-    finally:
-        await server.stop(None)
+    return infer
 
 
 WORKLOAD = loadgen.Workload("oip-fp32-1", loadgen.MODEL_INFER, "unary", 1, (b"",))
 
 
 async def _with_server(work: Callable[[str], Awaitable[T]]) -> T:
-    ports: list[int] = []
-    serving = _server(ports)
-    await serving.__anext__()
-    try:
-        return await work(f"127.0.0.1:{ports[0]}")
-    finally:
-        await serving.aclose()
+    async with raw_infer_server(_every_third_refused()) as target:
+        return await work(target)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import loadgen
 
+from tests.raw_infer_server import raw_infer_server
+
 SILENCE_S = 0.2
 WORKLOAD = loadgen.Workload("oip-fp32-1", loadgen.MODEL_INFER, "unary", 1, (b"",))
 
@@ -40,17 +42,9 @@ def test_a_server_silent_for_a_while_shows_as_one_long_stall() -> None:
                 await asyncio.sleep(SILENCE_S)
             return b""
 
-        handler = grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService",
-            {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)},
-        )
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((handler,))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
+        async with raw_infer_server(infer) as target:
             return await loadgen.run_cell(
-                f"127.0.0.1:{port}",
+                target,
                 WORKLOAD,
                 concurrency=1,
                 channels=1,
@@ -58,8 +52,6 @@ def test_a_server_silent_for_a_while_shows_as_one_long_stall() -> None:
                 requests=400,
                 warmup_requests=0,
             )
-        finally:
-            await server.stop(None)
 
     result = asyncio.run(asyncio.wait_for(main(), timeout=60))
     assert result.requests == 400
