@@ -114,9 +114,10 @@ def _replica_count(text: str) -> int | None:
 
 def _serve(args: argparse.Namespace) -> int:
     # First, so a bad setting or checkpoint is refused before a cluster starts.
-    settings = _settings_from_args(args)
+    local_cluster = not os.environ.get("RAY_ADDRESS")
+    settings = _settings_from_args(args, local_cluster=local_cluster)
     tls = _server_tls(args)
-    _check_checkpoint(settings, local_cluster=not os.environ.get("RAY_ADDRESS"))
+    _check_checkpoint(settings, local_cluster=local_cluster)
     from raysight.cluster import check_port_free
 
     if not os.environ.get("RAY_ADDRESS"):  # a local cluster: its ports are on this machine
@@ -321,9 +322,13 @@ def _ingress_words(mode: str | None) -> str:
     return f"{mode} ingress" if mode else "ingress mode: as the cluster was started"
 
 
-def _settings_from_args(args: argparse.Namespace) -> ServeSettings:
-    """The serving settings given as flags; the class supplies the defaults."""
+def _settings_from_args(args: argparse.Namespace, *, local_cluster: bool) -> ServeSettings:
+    """The serving settings given as flags; the class supplies the defaults, but for
+    pin_cpus, on unless told otherwise on a cluster started here: its replicas, one per
+    core, own the machine's cores (serve/affinity.py)."""
     values = flag_overrides(args, ServeSettings)
+    if local_cluster:
+        values.setdefault("pin_cpus", True)
     checkpoint = values["checkpoint"]
     # Replicas may run in another working directory: hand them an absolute path. (An empty
     # one stays empty, for ServeSettings to refuse rather than to become the current one.)

@@ -23,9 +23,9 @@ def _config(argv: list[str]) -> TrainConfig:
     return cli._config_from_args(args)
 
 
-def _settings(argv: list[str]) -> ServeSettings:
+def _settings(argv: list[str], *, local_cluster: bool = False) -> ServeSettings:
     args = cli._parser().parse_args(["serve", *argv])
-    return cli_serve._settings_from_args(args)
+    return cli_serve._settings_from_args(args, local_cluster=local_cluster)
 
 
 def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
@@ -102,6 +102,22 @@ def test_serve_flags_set_the_settings(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_serve_defaults_come_from_the_settings_class() -> None:
     settings = _settings(["--checkpoint", "s3://bucket/ckpt"])
     assert settings == ServeSettings(checkpoint="s3://bucket/ckpt")  # a URI is kept as is
+
+
+@pytest.mark.parametrize(
+    ("local_cluster", "flags", "pinned"),
+    [
+        (True, [], True),  # replicas one per core of a machine started here: pinned
+        (True, ["--no-pin-cpus"], False),
+        (False, [], False),  # someone else's cluster: the class's default
+        (False, ["--pin-cpus"], True),
+    ],
+)
+def test_pin_cpus_defaults_on_only_for_a_cluster_started_here(
+    local_cluster: bool, flags: list[str], pinned: bool
+) -> None:
+    settings = _settings(["--checkpoint", "s3://b/c", *flags], local_cluster=local_cluster)
+    assert settings.pin_cpus is pinned
 
 
 def test_bad_serve_setting_names_the_field() -> None:

@@ -124,6 +124,15 @@ class ServeSettings:
         default=1,
         metadata=doc("Forward passes one replica runs at once, each in its own thread."),
     )
+    pin_cpus: bool = field(
+        default=False,
+        metadata=doc(
+            "Pin each replica's threads to cores of its own (as many as its num_cpus, by its "
+            "rank on the node; Linux). Pays where the replicas own the cores: a machine "
+            "`raysight serve` started, where it is on unless --no-pin-cpus, or pods with "
+            "whole CPUs of their own (Kubernetes' static CPU manager)."
+        ),
+    )
     top_k: int = field(
         default=5, metadata=doc("Labels returned by Classify when the request does not say.")
     )
