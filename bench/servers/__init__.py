@@ -80,8 +80,8 @@ SERVERS: dict[str, Server] = {
         Server(
             "raysight",
             "`raysight serve` as it starts by default: HAProxy in front of direct-ingress "
-            "replicas, one replica per core, each batching up to 32 images a pass, a pass as "
-            "soon as its model is free",
+            "replicas, one replica pinned to each core, each batching up to 32 images a pass, "
+            "a pass as soon as its model is free",
             "raysight",
             lambda ctx: raysight_serve.start(ctx, "raysight", None),
         ),
@@ -99,9 +99,9 @@ SERVERS: dict[str, Server] = {
         ),
         Server(
             "ray-nowork",
-            "Ray Serve's HAProxy ingress as `raysight serve` starts it (one replica per core), "
-            "each replica answering with the bare server's no-work handlers: the transport "
-            "limit through Serve",
+            "Ray Serve's HAProxy ingress as `raysight serve` starts it (one replica pinned to "
+            "each core), each replica answering with the bare server's no-work handlers: the "
+            "transport limit through Serve",
             "limit",
             lambda ctx: _ray_nowork(ctx, "ray-nowork"),
         ),

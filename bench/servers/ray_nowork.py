@@ -2,11 +2,11 @@
 
 A local Ray cluster started as `raysight serve` starts its own (HAProxy in front of
 direct-ingress replicas through raysight's HAProxy launcher, replicas of one CPU with
-raysight's replica environment), running a deployment that does nothing. Each replica
-answers OIP and the image API on its own gRPC server with bench/servers/bare.py's no-work
-handlers, registered as passthrough services the way raysight registers its own
-(src/raysight/serve/grpc_services.py): what Serve's ingress allows with no work, to set
-beside `bare`, the same handlers without Ray.
+raysight's replica environment, each pinned to a core as raysight pins its own), running a
+deployment that does nothing. Each replica answers OIP and the image API on its own gRPC
+server with bench/servers/bare.py's no-work handlers, registered as passthrough services
+the way raysight registers its own (src/raysight/serve/grpc_services.py): what Serve's
+ingress allows with no work, to set beside `bare`, the same handlers without Ray.
 
     python bench/servers/ray_nowork.py --port 9100 --http-port 8100 --metrics-port 8101
 
@@ -78,6 +78,14 @@ def serve_until_stopped(port: int, http_port: int, metrics_port: int, replicas: 
     @serve.deployment
     class NoWork:
         """Gives Serve replicas to start; the passthrough services answer every RPC."""
+
+        def __init__(self) -> None:
+            # Pinned as `raysight serve` pins its replicas on a cluster it starts.
+            from raysight.serve.affinity import ReplicaAffinity
+
+            rank = serve.get_replica_context().rank
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+            ReplicaAffinity().apply(True, rank.local_rank if rank is not None else 0, cpus)
 
         def __call__(self, request: Any) -> str:
             return "no work"
