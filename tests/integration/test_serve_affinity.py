@@ -77,9 +77,7 @@ def test_pinned_replicas_take_a_core_each_and_unpin_in_place(
     pinned = ServeSettings(checkpoint=str(checkpoint), pin_cpus=True)
     port, http_port = free_port(), free_port()
     try:
-        runner.deploy(
-            runner.serve_config(pinned, grpc_port=port, http_port=http_port, replicas=2)
-        )
+        runner.deploy(runner.serve_config(pinned, grpc_port=port, http_port=http_port, replicas=2))
 
         def one_core_each(replicas: dict[int, list[set[int]]]) -> bool:
             cores = [set().union(*threads) for threads in replicas.values()]
@@ -97,8 +95,10 @@ def test_pinned_replicas_take_a_core_each_and_unpin_in_place(
             runner.serve_config(unpinned, grpc_port=port, http_port=http_port, replicas=2)
         )
         _eventually(
-            lambda replicas: len(replicas) == 2
-            and all(t == allowed for threads in replicas.values() for t in threads),
+            lambda replicas: (
+                len(replicas) == 2
+                and all(t == allowed for threads in replicas.values() for t in threads)
+            ),
             "unpinned in place: every thread back on every core",
         )
         _answers(f"127.0.0.1:{port}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -56,7 +57,7 @@ def restored_affinity() -> Iterator[set[int]]:
 
 
 class _Parked(threading.Thread):
-    """A thread that waits until released, reporting its kernel thread id."""
+    """A thread that waits until released, reporting the cores it started with."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -68,26 +69,33 @@ class _Parked(threading.Thread):
         self.release.wait(30)
 
 
+@contextlib.contextmanager
+def _parked() -> Iterator[int]:
+    """A parked thread's kernel id while the block runs; released and joined after."""
+    thread = _Parked()
+    thread.start()
+    try:
+        assert thread.native_id is not None
+        yield thread.native_id
+    finally:
+        thread.release.set()
+        thread.join(30)
+
+
 @needs_pinning
 def test_pinning_reaches_threads_already_running_and_those_started_later(
     restored_affinity: set[int],
 ) -> None:
     core = max(restored_affinity)
-    before = _Parked()
-    before.start()
-    try:
+    with _parked() as running:
         assert pin_process({core}) >= 2  # this thread and the parked one at least
-        assert before.native_id is not None
-        assert os.sched_getaffinity(before.native_id) == {core}
+        assert os.sched_getaffinity(running) == {core}
         assert os.sched_getaffinity(0) == {core}
-        after = _Parked()
-        after.start()
-        after.release.set()
-        after.join(30)
-        assert after.cores_seen == {core}  # inherited from the thread that started it
-    finally:
-        before.release.set()
-        before.join(30)
+        later = _Parked()
+        later.start()
+        later.release.set()
+        later.join(30)
+        assert later.cores_seen == {core}  # inherited from the thread that started it
 
 
 @needs_pinning
@@ -95,24 +103,18 @@ def test_replica_affinity_pins_by_rank_and_unpins_to_what_it_started_with(
     restored_affinity: set[int],
 ) -> None:
     allowed = sorted(restored_affinity)
-    worker = _Parked()
-    worker.start()
-    try:
+    with _parked() as worker:
         replica = ReplicaAffinity()
         assert replica.allowed == tuple(allowed)
         replica.apply(True, local_rank=1, cpus=1.0)
         assert replica.pinned == (allowed[1],)
-        assert worker.native_id is not None
-        assert os.sched_getaffinity(worker.native_id) == {allowed[1]}
+        assert os.sched_getaffinity(worker) == {allowed[1]}
         replica.apply(True, local_rank=1, cpus=1.0)  # unchanged: nothing to do
         assert replica.pinned == (allowed[1],)
         replica.apply(False, local_rank=1, cpus=1.0)
         assert replica.pinned is None
-        assert os.sched_getaffinity(worker.native_id) == restored_affinity
+        assert os.sched_getaffinity(worker) == restored_affinity
         assert os.sched_getaffinity(0) == restored_affinity
-    finally:
-        worker.release.set()
-        worker.join(30)
 
 
 def test_a_platform_without_pinning_serves_unpinned(
