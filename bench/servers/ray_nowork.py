@@ -81,11 +81,9 @@ def serve_until_stopped(port: int, http_port: int, metrics_port: int, replicas: 
 
         def __init__(self) -> None:
             # Pinned as `raysight serve` pins its replicas on a cluster it starts.
-            from raysight.serve.affinity import ReplicaAffinity
+            from raysight.serve.affinity import ReplicaAffinity, node_share
 
-            rank = serve.get_replica_context().rank
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-            ReplicaAffinity().apply(True, rank.local_rank if rank is not None else 0, cpus)
+            ReplicaAffinity().apply(True, *node_share())
 
         def __call__(self, request: Any) -> str:
             return "no work"

@@ -120,7 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
     _check_checkpoint(settings, local_cluster=local_cluster)
     from raysight.cluster import check_port_free
 
-    if not os.environ.get("RAY_ADDRESS"):  # a local cluster: its ports are on this machine
+    if local_cluster:  # its ports are on this machine
         check_port_free(args.grpc_port, "stop it, or pick another port with --grpc-port")
         check_port_free(args.http_port, "stop it, or pick another port with --http-port")
         os.environ.update(local_cluster_env(args, tls))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import pytest
 
@@ -128,10 +128,13 @@ def test_a_platform_without_pinning_serves_unpinned(
     assert "cannot pin" in caplog.text
 
 
-def test_a_failed_pin_is_logged_and_leaves_the_replica_unpinned(
+def test_a_failed_pin_is_logged_undone_and_leaves_the_replica_unpinned(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def refuse(cores: object) -> int:
+    asked: list[tuple[int, ...]] = []
+
+    def refuse(cores: Collection[int]) -> int:
+        asked.append(tuple(cores))
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(affinity, "supported", lambda: True)
@@ -140,4 +143,5 @@ def test_a_failed_pin_is_logged_and_leaves_the_replica_unpinned(
     with caplog.at_level("WARNING", logger=affinity.__name__):
         replica.apply(True, local_rank=1, cpus=1.0)
     assert replica.pinned is None
+    assert asked == [(1,), (0, 1)]  # the pin, then every allowed core back
     assert "could not pin to cores (1,)" in caplog.text

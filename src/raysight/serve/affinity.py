@@ -6,7 +6,8 @@ Left to the scheduler they spread over every core: each handoff may wake another
 find its caches cold, and two replicas' threads interleave on both. Pinned, a replica's
 handoffs stay on its cores and the replicas stop meeting. Measured on the 2-core build
 machine with two replicas (docs/benchmarks.md, "Serving: a replica on cores of its own"):
-unary requests at one caller +15-20%, streams +7-15%, unary at 32 callers level.
+one caller +17% unary and +16% streamed requests a second, 32 and 128 streams +8% and +6%,
+unary at 32 and 128 callers level.
 
 This pays only where the replicas own the cores they pin to: a machine `raysight serve`
 started itself (where it is the default), or pods whose CPUs are their own (Kubernetes'
@@ -18,11 +19,15 @@ Linux only (`os.sched_setaffinity`); elsewhere the setting is logged and has no 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
+
+import ray
+from ray import serve
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +37,14 @@ _TASKS = Path("/proc/self/task")
 def supported() -> bool:
     """Whether this platform can pin threads."""
     return hasattr(os, "sched_setaffinity") and _TASKS.is_dir()
+
+
+def node_share() -> tuple[int, float]:
+    """In a Serve replica: its rank among its deployment's replicas on its node, and the
+    CPUs Ray gave it."""
+    rank = serve.get_replica_context().rank
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return (rank.local_rank if rank is not None else 0), cpus
 
 
 def replica_cores(local_rank: int, cpus: float, allowed: Sequence[int]) -> tuple[int, ...]:
@@ -104,6 +117,9 @@ class ReplicaAffinity:
             threads = pin_process(cores if cores is not None else self.allowed)
         except OSError as exc:
             logger.warning("pin_cpus: could not pin to cores %s (%s); serving unpinned", cores, exc)
+            with contextlib.suppress(OSError):  # undo a pin that stopped part way
+                pin_process(self.allowed)
+            self.pinned = None
             return
         self.pinned = cores
         if cores is None:

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import ray
 from grpc_health.v1 import health_pb2
 from ray import serve
 from starlette.requests import Request
@@ -26,7 +25,7 @@ from raysight._proto.raysight.v1 import image_service_pb2 as image_pb
 from raysight.allocator import retain_freed_memory
 from raysight.logs import setup_logging
 from raysight.serve import health, images, oip_service, rest
-from raysight.serve.affinity import ReplicaAffinity
+from raysight.serve.affinity import ReplicaAffinity, node_share
 from raysight.serve.batch_policy import BatchLimits
 from raysight.serve.batching import Batcher, PassReport, shorten_switch_interval
 from raysight.serve.boundary import Boundary, set_status
@@ -114,7 +113,7 @@ class InferenceServer:
             self._export_class_prior(new)
         self._settings = settings
         self._batcher.configure(settings.batch_limits)
-        self._affinity.apply(settings.pin_cpus, *_node_share())
+        self._affinity.apply(settings.pin_cpus, *node_share())
 
     @staticmethod
     def _info_tags(model: ServedModel) -> dict[str, str]:
@@ -339,10 +338,3 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
         return InferenceServer.bind()  # type: ignore[attr-defined]
     settings = ServeSettings.from_dict(dict(args))
     return InferenceServer.options(user_config=settings.to_dict()).bind()  # type: ignore[attr-defined]
-
-
-def _node_share() -> tuple[int, float]:
-    """This replica's rank among its deployment's replicas on its node, and its CPUs."""
-    rank = serve.get_replica_context().rank
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    return (rank.local_rank if rank is not None else 0), cpus
