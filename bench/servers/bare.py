@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -46,14 +47,23 @@ class EngineServicer:
     """decode -> batch -> encode with raysight's codec and engine, no Ray."""
 
     def __init__(
-        self, checkpoint: str, device: str, max_batch_size: int, batch_wait_s: float
+        self,
+        checkpoint: str,
+        device: str,
+        max_batch_size: int,
+        batch_wait_s: float,
+        preferred_batch_size: int,
     ) -> None:
         from raysight.serve.model import load_served_model  # torch and Ray: only here
 
         self.model = load_served_model(checkpoint, "", device)
         self.max_batch_size = max_batch_size
         self.limits = ImageLimits()
-        limits = BatchLimits(max_batch_size=max_batch_size, max_wait_s=batch_wait_s)
+        limits = BatchLimits(
+            max_batch_size=max_batch_size,
+            max_wait_s=batch_wait_s,
+            preferred_batch_size=preferred_batch_size,
+        )
         self.batcher: Batcher[None] = Batcher(lambda _, batch: self.model.run(batch), limits)
         shorten_switch_interval()  # as the replica does
         retain_freed_memory()
@@ -219,6 +229,13 @@ async def serve(port: int, engine: EngineServicer | None) -> None:
     await server.stop(grace=1)
 
 
+def _serving_default(name: str) -> Any:
+    """A ServeSettings field's default, so the limit server batches as the replica does."""
+    from raysight.serve.settings import ServeSettings
+
+    return next(f.default for f in dataclasses.fields(ServeSettings) if f.name == name)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
@@ -229,6 +246,12 @@ def main() -> int:
     parser.add_argument(
         "--batch-wait-s", type=float, default=0.005, help="the most a batch waits, when it pays"
     )
+    parser.add_argument(
+        "--preferred-batch-size",
+        type=int,
+        default=_serving_default("preferred_batch_size"),
+        help="rows a pass gathers towards under load (the replica's default)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     engine = None
@@ -237,7 +260,11 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
         engine = EngineServicer(
-            args.checkpoint, args.device, args.max_batch_size, args.batch_wait_s
+            args.checkpoint,
+            args.device,
+            args.max_batch_size,
+            args.batch_wait_s,
+            args.preferred_batch_size,
         )
     asyncio.run(serve(args.port, engine))
     return 0

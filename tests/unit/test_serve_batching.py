@@ -23,20 +23,27 @@ from raysight.serve.batching import (
 
 GPU_LIKE = (0.005, 0.0001)  # t(n) = 5 ms + 0.1 ms per row: a launch cost dominates
 CPU_LIKE = (0.0, 0.0005)  # t(n) = 0.5 ms per row, no fixed cost
+RESNET_LIKE = (0.0045, 0.0074)  # t(n) = 4.5 ms + 7.4 ms a row: resnet9 at 32x32 on 1 CPU
 
 
 def _run(coroutine: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     return asyncio.run(asyncio.wait_for(coroutine(), timeout=30))
 
 
-def _taught(policy: BatchPolicy, cost: tuple[float, float], others: int) -> BatchPolicy:
-    """A policy that has seen passes of 1..32 rows costing `cost` and arrivals that found
-    `others` items in flight."""
+def _taught(
+    policy: BatchPolicy,
+    cost: tuple[float, float],
+    others: int,
+    gap_s: float = 0.010,
+    rows: int = 1,
+) -> BatchPolicy:
+    """A policy that has seen passes of 1..32 rows costing `cost` and arrivals of `rows`,
+    `gap_s` apart, that found `others` items in flight."""
     a, b = cost
     for n in list(range(1, 33)) * 3:
         policy.cost.observe(n, a + b * n)
-    for _ in range(200):
-        policy.on_arrival(others)
+    for i in range(200):
+        policy.on_arrival(others, rows, now=i * gap_s)
     return policy
 
 
@@ -106,9 +113,9 @@ def test_no_wait_once_everyone_arrivals_have_been_finding_is_here() -> None:
     policy = BatchPolicy(BatchLimits(max_wait_s=0.01))
     for n in list(range(1, 33)) * 3:
         policy.on_pass(n, GPU_LIKE[0] + GPU_LIKE[1] * n)
-    for _ in range(50):
+    for i in range(50):
         for others in range(4):
-            policy.on_arrival(others)
+            policy.on_arrival(others, 1, now=i * 0.01)  # each burst's four at once
     assert policy.wait_s(queued_rows=2, waited_s=0.0, in_flight=2) > 0
     assert policy.wait_s(queued_rows=4, waited_s=0.0, in_flight=4) == 0.0
 
@@ -120,14 +127,58 @@ def test_wait_is_bounded_by_the_setting() -> None:
     assert off.wait_s(queued_rows=1, waited_s=0.0, in_flight=1) == 0.0
 
 
+def test_gathers_towards_the_preferred_size_while_arrivals_keep_coming() -> None:
+    """Arrivals 0.5 ms apart, each finding others in flight, and no fixed cost to pay for:
+    the oldest waits as long as the preferred rows take to arrive, within the setting."""
+    limits = BatchLimits(max_wait_s=0.005, preferred_batch_size=8)
+    policy = _taught(BatchPolicy(limits), CPU_LIKE, others=6, gap_s=0.0005)
+    assert policy.row_gap_s() == pytest.approx(0.0005)
+    assert policy.wait_s(queued_rows=2, waited_s=0.0, in_flight=2) == pytest.approx(0.003)
+    assert policy.wait_s(queued_rows=2, waited_s=0.004, in_flight=2) == pytest.approx(0.001)
+    assert policy.wait_s(queued_rows=8, waited_s=0.0, in_flight=8) == 0.0  # gathered
+    # Less than one arrival's gap left: no one more is expected in time.
+    assert policy.wait_s(queued_rows=2, waited_s=0.0046, in_flight=2) == 0.0
+
+
+def test_arrivals_count_in_rows() -> None:
+    """Arrivals of 4 rows each, 1 ms apart: a row every 0.25 ms."""
+    limits = BatchLimits(max_wait_s=0.005, preferred_batch_size=8)
+    policy = _taught(BatchPolicy(limits), CPU_LIKE, others=6, gap_s=0.001, rows=4)
+    assert policy.row_gap_s() == pytest.approx(0.00025)
+    assert policy.wait_s(queued_rows=4, waited_s=0.0, in_flight=1) == pytest.approx(0.001)
+
+
+def test_no_gathering_when_the_rows_would_not_come_in_time() -> None:
+    """Arrivals 6 ms apart against a 5 ms wait: waiting would only add latency."""
+    limits = BatchLimits(max_wait_s=0.005, preferred_batch_size=8)
+    slow = _taught(BatchPolicy(limits), CPU_LIKE, others=6, gap_s=0.006)
+    assert slow.wait_s(queued_rows=1, waited_s=0.0, in_flight=1) == 0.0
+
+
+def test_no_gathering_for_a_lone_request_or_with_the_setting_off() -> None:
+    limits = BatchLimits(max_wait_s=0.005, preferred_batch_size=8)
+    lone = _taught(BatchPolicy(limits), CPU_LIKE, others=0, gap_s=0.0005)
+    assert lone.wait_s(queued_rows=1, waited_s=0.0, in_flight=1) == 0.0
+    off = _taught(BatchPolicy(BatchLimits(max_wait_s=0.005)), CPU_LIKE, others=6, gap_s=0.0005)
+    assert off.wait_s(queued_rows=1, waited_s=0.0, in_flight=1) == 0.0
+
+
+def test_the_preferred_size_never_exceeds_the_cap() -> None:
+    """A latency target that shrinks the cap to 6 rows (RESNET_LIKE) bounds the gathering."""
+    limits = BatchLimits(max_wait_s=0.005, preferred_batch_size=16, latency_target_s=0.100)
+    policy = _taught(BatchPolicy(limits), RESNET_LIKE, others=20, gap_s=0.0005)
+    policy.on_pass(6, RESNET_LIKE[0] + 6 * RESNET_LIKE[1])
+    assert policy.cap == 6
+    assert policy.wait_s(queued_rows=6, waited_s=0.0, in_flight=6) == 0.0
+
+
 def test_limits_refuse_nonsense() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         BatchLimits(max_batch_size=0)
     with pytest.raises(ValueError, match=">= 0"):
         BatchLimits(latency_target_s=-1)
-
-
-RESNET_LIKE = (0.0045, 0.0074)  # t(n) = 4.5 ms + 7.4 ms a row: resnet9 at 32x32 on 1 CPU
+    with pytest.raises(ValueError, match="preferred_batch_size"):
+        BatchLimits(preferred_batch_size=-1)
 
 
 def test_latency_target_sizes_passes_from_their_cost() -> None:

@@ -52,6 +52,8 @@ def test_generated_config_matches_the_file_layout() -> None:
         ({"checkpoint": ""}, "checkpoint is required"),
         ({"checkpoint": "/c", "max_batch_size": 0}, "max_batch_size"),
         ({"checkpoint": "/c", "device": "tpu"}, "device"),
+        ({"checkpoint": "/c", "preferred_batch_size": 33}, r"preferred_batch_size.*\(32\)"),
+        ({"checkpoint": "/c", "preferred_batch_size": -1}, "preferred_batch_size"),
         ({"checkpoint": "/c", "batch_size": 4}, "unknown field.*batch_size"),
         ({"checkpoint": "/c", "outputs": "scores"}, "outputs: 'scores' is not an output"),
         ({"checkpoint": "/c", "outputs": "logits,prob"}, "'prob' is not an output"),

@@ -67,6 +67,16 @@ def test_metadata_and_config_per_setting(settings: dict, datatype: str, outputs:
     ]
 
 
+def test_config_reports_the_batching_the_replica_does() -> None:
+    """Triton's dynamic-batching fields: the preferred size gathered towards (none when
+    off) and the most a batch waits."""
+    config = oip_service.model_config(_model(), _settings(preferred_batch_size=6)).config
+    assert list(config.dynamic_batching.preferred_batch_size) == [6]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+    off = oip_service.model_config(_model(), _settings(preferred_batch_size=0)).config
+    assert list(off.dynamic_batching.preferred_batch_size) == []
+
+
 def _request(*outputs: tritonclient.InferRequestedOutput) -> pb.ModelInferRequest:
     # Requested outputs as tritonclient writes them, read into our messages.
     request = pb.ModelInferRequest(model_name="m")

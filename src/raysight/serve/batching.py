@@ -146,8 +146,9 @@ class Batcher(Generic[K]):
             raise ValueError(f"an item needs 1..{self.limits.max_batch_size} rows, got {rows}")
         predicted = self._admit(rows)
         future = asyncio.get_running_loop().create_future()
-        item = _Item(key, inputs, self._clock(), future, predicted)
-        self.policy.on_arrival(len(self._queue) + self._in_passes)
+        now = self._clock()
+        item = _Item(key, inputs, now, future, predicted)
+        self.policy.on_arrival(len(self._queue) + self._in_passes, rows, now)
         self._queue.append(item)
         self._kick()
         try:

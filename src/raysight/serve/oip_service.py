@@ -94,7 +94,10 @@ def model_config(model: ServedModel, settings: ServeSettings) -> pb.ModelConfigR
                 for name in settings.served_outputs
             ],
             dynamic_batching=mc.ModelDynamicBatching(
-                max_queue_delay_microseconds=int(settings.batch_wait_timeout_s * 1e6)
+                preferred_batch_size=(
+                    [settings.preferred_batch_size] if settings.preferred_batch_size else []
+                ),
+                max_queue_delay_microseconds=int(settings.batch_wait_timeout_s * 1e6),
             ),
         )
     )

@@ -105,9 +105,19 @@ class ServeSettings:
     batch_wait_timeout_s: float = field(
         default=0.005,
         metadata=doc(
-            "The most the first request of a batch waits for others to join, and only when "
-            "the measured cost of a pass says waiting pays (a large fixed cost per pass, as "
-            "on a GPU, with more requests likely to join); a lone request never waits."
+            "The most the first request of a batch waits for others to join, and only while "
+            "more are likely to join: towards preferred_batch_size, or longer when the "
+            "measured cost of a pass is mostly fixed (as on a GPU); a lone request never "
+            "waits."
+        ),
+    )
+    preferred_batch_size: int = field(
+        default=6,
+        metadata=doc(
+            "Images a forward pass gathers towards while requests keep arriving, waiting at "
+            "most batch_wait_timeout_s and only while the arrival rate says another comes in "
+            "time (as Triton's preferred_batch_size); 0: off. Fewer, fuller passes save the "
+            "CPU each pass costs beyond the model."
         ),
     )
     latency_target_s: float = field(
@@ -184,6 +194,11 @@ class ServeSettings:
         for name in (*positive, "max_image_pixels"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.preferred_batch_size <= self.max_batch_size:
+            raise ConfigError(
+                f"preferred_batch_size must be between 0 and max_batch_size "
+                f"({self.max_batch_size}), got {self.preferred_batch_size}"
+            )
         for name in ("batch_wait_timeout_s", "latency_target_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -225,6 +240,7 @@ class ServeSettings:
         return BatchLimits(
             max_batch_size=self.max_batch_size,
             max_wait_s=self.batch_wait_timeout_s,
+            preferred_batch_size=self.preferred_batch_size,
             latency_target_s=self.latency_target_s,
             max_concurrent=self.max_concurrent_batches,
         )
