@@ -350,7 +350,7 @@ class Page:
                 f"and the peers run torch with {_plural(args.threads, 'thread')}; each of "
                 "raysight's replicas (one per core) has 1 CPU, so Ray gives it 1 thread. The "
                 "peers do not batch; raysight and bare+engine batch with raysight's batcher: up "
-                "to 32 images a pass, a pass as soon as the model is free.",
+                "to 32 images a pass, gathered towards 6 while requests keep arriving.",
                 "",
                 report.facts_table({**self.facts, **self.run.versions}),
             ]

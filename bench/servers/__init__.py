@@ -81,7 +81,7 @@ SERVERS: dict[str, Server] = {
             "raysight",
             "`raysight serve` as it starts by default: HAProxy in front of direct-ingress "
             "replicas, one replica pinned to each core, each batching up to 32 images a pass, "
-            "a pass as soon as its model is free",
+            "gathered towards 6 while requests keep arriving",
             "raysight",
             lambda ctx: raysight_serve.start(ctx, "raysight", None),
         ),
@@ -108,7 +108,7 @@ SERVERS: dict[str, Server] = {
         Server(
             "bare+engine",
             "the bare server running raysight's codec, batcher (the replica's own: 32 images, "
-            "no fixed wait) and engine: transport + compute, without Ray Serve",
+            "gathered towards 6) and engine: transport + compute, without Ray Serve",
             "limit",
             lambda ctx: _bare(ctx, "bare+engine", engine=True),
         ),

@@ -442,6 +442,36 @@ def test_waiting_gathers_company_when_it_pays() -> None:
     assert [len(batch) for batch in seen] == [1, 1]
 
 
+def test_a_pass_gathers_the_preferred_rows_while_arrivals_keep_coming() -> None:
+    """Items 0.5 ms apart on the batcher's clock, as arrivals have been coming: with a
+    preferred size of 4 the first waits and the four share one pass; without it the first
+    runs at once, alone (no fixed cost to wait for)."""
+    seen: list[np.ndarray] = []
+
+    def run(key: str, batch: np.ndarray) -> Outputs:
+        seen.append(batch)
+        return {"y": batch}
+
+    async def main(preferred: int) -> None:
+        clock = FakeClock()
+        limits = BatchLimits(max_wait_s=1.0, preferred_batch_size=preferred)
+        batcher = Batcher(run, limits, clock=clock)
+        _taught(batcher.policy, CPU_LIKE, others=6, gap_s=0.0005)
+        clock.now = 200 * 0.0005  # the next arrival, 0.5 ms after the taught ones
+        tasks = []
+        for i in range(4):
+            tasks.append(asyncio.create_task(batcher.submit("m", _rows(1, i))))
+            await asyncio.sleep(0)  # the submit queues its item
+            clock.now += 0.0005
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main(preferred=4))
+    assert [len(batch) for batch in seen] == [4]
+    seen.clear()
+    asyncio.run(main(preferred=0))
+    assert len(seen[0]) == 1
+
+
 def test_a_failing_report_does_not_fail_the_items() -> None:
     def broken(report: PassReport[str]) -> None:
         raise RuntimeError("metrics down")
