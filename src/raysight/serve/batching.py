@@ -3,13 +3,14 @@
 Pure asyncio and numpy: the model is whatever `run(key, batch)` does, in a worker thread.
 
 **Dispatch when free.** Whenever fewer than `max_concurrent` passes run and something is
-queued, a pass starts. It takes the oldest item and, in arrival order, the queued items
+queued, a pass starts, unless the policy has the oldest item wait a little for company. It
+takes the oldest item and, in arrival order, the queued items
 checked against the same model (a swap may land while items queue; different models never
 share a pass) while their rows fit the row cap; it stops at the first that does not fit,
 so a large request is never overtaken for long. An item is never split, and the oldest
 always goes, even when it alone is over a shrunken cap. Items that arrive while passes run
-wait and form the next batch: batches grow with load, not with a timer, and a request that
-finds the model idle runs at once. The row cap, whether to wait for company and whether to
+wait and form the next batch: batches grow with load, a timer only bounds a wait, and a
+lone request runs at once. The row cap, whether to wait for company and whether to
 take an item at all are the policy's (serve/batch_policy.py).
 
 Exceptions in a pass fail that pass's items only. An item whose caller goes away before its

@@ -106,8 +106,8 @@ class ServeSettings:
         default=0.005,
         metadata=doc(
             "The most the first request of a batch waits for others to join, and only while "
-            "more are likely to join: towards preferred_batch_size, or longer when the "
-            "measured cost of a pass is mostly fixed (as on a GPU); a lone request never "
+            "more are likely to join: towards preferred_batch_size, and beyond it only when "
+            "the measured cost of a pass is mostly fixed (as on a GPU); a lone request never "
             "waits."
         ),
     )
