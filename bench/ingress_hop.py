@@ -43,7 +43,8 @@ _GLOBAL = """global
     maxconn 4096
     nbthread 1
     tune.bufsize 16384
-defaults
+"""
+_DEFAULTS = """defaults
     timeout connect 5s
     timeout client 3600s
     timeout server 3600s
@@ -79,8 +80,7 @@ def haproxy_config(
     servers = "".join(f"    server b{i} {target}{proto}\n" for i, target in enumerate(backends))
     body = _HTTP if mode == "http" else _TCP
     tuning = "".join(f"    {line}\n" for line in extra_global)
-    head, defaults = _GLOBAL.split("defaults\n")
-    return head + tuning + "defaults\n" + defaults + body.format(port=port, servers=servers)
+    return _GLOBAL + tuning + _DEFAULTS + body.format(port=port, servers=servers)
 
 
 @dataclass(frozen=True)
