@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from raysight.serve.batch_policy import BatchLimits, BatchPolicy, CostModel, OverloadedError
+from raysight.serve.batch_policy import (
+    INLINE_MAX_S,
+    BatchLimits,
+    BatchPolicy,
+    CostModel,
+    OverloadedError,
+)
 from raysight.serve.batching import (
     SWITCH_INTERVAL_S,
     Batcher,
@@ -172,6 +178,38 @@ def test_the_preferred_size_never_exceeds_the_cap() -> None:
     assert policy.wait_s(queued_rows=6, waited_s=0.0, in_flight=6) == 0.0
 
 
+def test_a_pass_runs_inline_only_when_requests_come_alone_and_it_is_short() -> None:
+    short = (0.0001, 0.0001)  # 0.2 ms at one row, 3.3 ms at 32
+    assert _taught(BatchPolicy(BatchLimits()), short, others=0).runs_inline(1, 1.0)
+    assert not _taught(BatchPolicy(BatchLimits()), short, others=0).runs_inline(32, 1.0)
+    assert not _taught(BatchPolicy(BatchLimits()), short, others=3).runs_inline(1, 1.0)  # company
+    slow = (0.0, INLINE_MAX_S * 2)
+    assert not _taught(BatchPolicy(BatchLimits()), slow, others=0).runs_inline(1, 1.0)
+    assert not BatchPolicy(BatchLimits()).runs_inline(1, 1.0)  # nothing measured yet
+    lone = _taught(BatchPolicy(BatchLimits()), short, others=0)
+    assert not lone.runs_inline(1, 0.00001)  # the model just finished a pass: under load
+
+
+def test_a_pass_right_after_another_leaves_the_loop() -> None:
+    """Lone requests with the model idle run on the loop; one that starts as the last pass
+    ends (on a clock that has not moved) goes to the worker thread, so a loop kept busy by
+    passes never hides the company arrivals would find."""
+    threads: list[int] = []
+    clock = FakeClock()
+
+    async def main() -> int:
+        batcher = Batcher(_thread_recording(threads), BatchLimits(), clock=clock)
+        _taught(batcher.policy, (0.0001, 0.0001), others=0)
+        await batcher.submit("m", _rows(1, 1.0))
+        await batcher.submit("m", _rows(1, 2.0))  # no time since the last pass ended
+        clock.now += 0.001
+        await batcher.submit("m", _rows(1, 3.0))
+        return threading.get_ident()
+
+    loop_thread = _run(main)
+    assert [t == loop_thread for t in threads] == [True, False, True]
+
+
 def test_limits_refuse_nonsense() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         BatchLimits(max_batch_size=0)
@@ -267,6 +305,56 @@ def test_a_lone_item_runs_at_once_without_waiting() -> None:
     outputs = _run(main)
     np.testing.assert_array_equal(outputs["y"], _rows(1, 2.0))
     assert [(r.rows, r.queue_waits) for r in reports] == [(1, (0.0,))]
+
+
+def _thread_recording(threads: list[int]) -> Callable[[str, np.ndarray], Outputs]:
+    def run(key: str, batch: np.ndarray) -> Outputs:
+        threads.append(threading.get_ident())
+        return {"y": batch * 2}
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("cost", "others", "on_loop"),
+    [
+        ((0.0001, 0.0001), 0, True),  # lone requests, a 0.2 ms pass: on the loop
+        ((0.0001, 0.0001), 6, False),  # others in flight: the worker thread
+        ((0.0, 0.002), 0, False),  # a 2 ms pass would hold the loop: the worker thread
+    ],
+)
+def test_where_a_lone_pass_runs(cost: tuple[float, float], others: int, on_loop: bool) -> None:
+    threads: list[int] = []
+
+    async def main() -> tuple[int, Outputs]:
+        batcher = Batcher(_thread_recording(threads), BatchLimits())
+        _taught(batcher.policy, cost, others=others)
+        return threading.get_ident(), await batcher.submit("m", _rows(1, 3.0))
+
+    loop_thread, outputs = _run(main)
+    np.testing.assert_array_equal(outputs["y"], _rows(1, 6.0))
+    assert (threads == [loop_thread]) is on_loop
+    assert len(threads) == 1
+
+
+def test_a_failing_inline_pass_fails_its_item_only() -> None:
+    calls = 0
+
+    def run(key: str, batch: np.ndarray) -> Outputs:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("model broke")
+        return {"y": batch}
+
+    async def main() -> Outputs:
+        batcher = Batcher(run, BatchLimits())
+        _taught(batcher.policy, (0.0001, 0.0001), others=0)
+        with pytest.raises(RuntimeError, match="model broke"):
+            await batcher.submit("m", _rows(1, 1.0))
+        return await batcher.submit("m", _rows(1, 2.0))
+
+    np.testing.assert_array_equal(_run(main)["y"], _rows(1, 2.0))
 
 
 def _gated(seen: list[np.ndarray], gate: threading.Event) -> Callable[[str, np.ndarray], Outputs]:

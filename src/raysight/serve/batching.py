@@ -1,6 +1,7 @@
 """Dynamic batching counted in images: many requests' rows, one forward pass.
 
-Pure asyncio and numpy: the model is whatever `run(key, batch)` does, in a worker thread.
+Pure asyncio and numpy: the model is whatever `run(key, batch)` does, in a worker thread,
+or on the event loop for a lone short pass when the policy says so.
 
 **Dispatch when free.** Whenever fewer than `max_concurrent` passes run and something is
 queued, a pass starts, unless the policy has the oldest item wait a little for company. It
@@ -78,11 +79,13 @@ class PassReport(Generic[K]):
 
 
 class Batcher(Generic[K]):
-    """Queues items and runs them in forward passes off the event loop (module policy).
+    """Queues items and runs them in forward passes off the event loop, but for a lone short
+    pass (module policy).
 
     Args:
         run: The forward pass: (key, (N, ...) batch) -> outputs with N rows each. Called in
-            a worker thread, at most `limits.max_concurrent` at once.
+            a worker thread, at most `limits.max_concurrent` at once; on the event loop for
+            a lone pass the policy predicts short (`BatchPolicy.runs_inline`).
         limits: The knobs.
         on_pass: Called on the event loop after each successful pass; its errors are logged
             and never reach the items.
@@ -112,6 +115,7 @@ class Batcher(Generic[K]):
         self._in_passes = 0  # items in those passes
         self._tasks: set[asyncio.Task[None]] = set()  # held so they are not collected
         self._timer: asyncio.TimerHandle | None = None
+        self._last_end = -float("inf")  # when the last pass ended
 
     @property
     def limits(self) -> BatchLimits:
@@ -239,15 +243,22 @@ class Batcher(Generic[K]):
             self._timer = None
 
     def _start(self, items: list[_Item[K]]) -> None:
-        self._running[id(items)] = (self._clock(), sum(item.rows for item in items))
+        rows = sum(item.rows for item in items)
+        now = self._clock()
+        inline = (
+            not self._queue
+            and not self._running
+            and self.policy.runs_inline(rows, now - self._last_end)
+        )
+        self._running[id(items)] = (now, rows)
         self._in_passes += len(items)
-        task = asyncio.get_running_loop().create_task(self._pass(items))
+        task = asyncio.get_running_loop().create_task(self._pass(items, inline))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # ---- one pass ---------------------------------------------------------------------------
 
-    async def _pass(self, items: list[_Item[K]]) -> None:
+    async def _pass(self, items: list[_Item[K]], inline: bool) -> None:
         started = self._clock()
         key = items[0].key
         batch = (
@@ -255,7 +266,10 @@ class Batcher(Generic[K]):
         )  # (sum B_i, ...)
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, key, batch)
+            if inline:  # a lone short pass: cheaper than the hop to the worker and back
+                outputs = self._run(key, batch)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self._run, key, batch)
         except BaseException as exc:  # the whole pass failed: its items fail, no other
             self._finish(items)
             for item in items:
@@ -279,6 +293,7 @@ class Batcher(Generic[K]):
         self._report(key, items, started, compute, outputs)
 
     def _finish(self, items: list[_Item[K]]) -> None:
+        self._last_end = self._clock()
         del self._running[id(items)]
         self._in_passes -= len(items)
         self._kick()
