@@ -191,9 +191,10 @@ class BatchPolicy:
         """Whether a pass of `rows` that found nothing else queued or running may run on the
         event loop, without the hop to the worker thread and back (module doc).
 
-        Only while requests arrive alone (the mean company at arrival under 0.5) and the pass
-        is predicted to take at most INLINE_MAX_S: the loop reads and answers nothing else
-        meanwhile, so under load, where others would wait behind it, passes stay off it.
+        Only while requests arrive alone (the mean company at arrival under 0.5), the model
+        has been idle for `idle_s` >= 0.2 ms (under load the next pass starts as the last
+        ends) and the pass is predicted to take at most INLINE_MAX_S: the loop reads and
+        answers nothing else meanwhile, so where others would wait behind it, passes stay off.
         """
         estimate = self.cost.estimate()
         if estimate is None or self._company >= _ALONE or idle_s < _IDLE_S:
