@@ -50,7 +50,7 @@ under an open loop at about 40% of capacity raised the p50 by 3-6 ms in three ru
 **A lone short pass runs on the event loop.** Handing a pass to the worker thread and its
 answer back costs two thread wake-ups and the interpreter lock changing hands. So while
 requests arrive alone (the mean company at arrival under 0.5), with nothing else queued or
-running, the model idle for at least 0.2 ms and the pass predicted at most 0.5 ms, the pass
+running, the model idle for at least 0.2 ms and the pass predicted at most 2 ms, the pass
 runs on the loop itself, which reads and answers nothing else meanwhile. Measured in
 `raysight serve` on the MNIST convnet (docs/benchmarks.md, "a lone short pass on the event
 loop"): one caller got 11% more requests a second on a replica's own port and 12% more
@@ -59,6 +59,11 @@ keeps it so: without it, at 8 callers each pass on the loop answered its request
 next was read, arrivals found no company, the rule held and nothing batched (10% fewer
 requests a second in three runs of four). Under load the next pass starts as the last ends;
 a lone caller's next request is a round trip away (0.3 ms or more on loopback).
+The bound is 2 ms, where the hop (0.15-0.3 ms) is still about a tenth of the request and
+the loop is not held long from other calls. At 0.5 ms the rule sat on its edge on a slower
+machine: a pass on the worker thread is timed with its hop, so once the estimate crossed
+the bound passes stayed off the loop, and one caller got a quarter fewer requests a second
+(docs/benchmarks.md, "a lone pass up to 2 ms").
 
 **Nor once everyone expected is here.** The i-th arrival of a burst of N finds i-1 others,
 (N-1)/2 on average, so with more than twice the average company queued or in passes no one
@@ -78,7 +83,7 @@ _STEP = 0.02  # the slack tracker's step, as a share of the target
 _MIN_SPREAD = 0.25  # variance of n (rows²) below which a and b cannot be told apart
 _COMPANY = 1.0  # mean others in flight at arrival above which someone is likely to join
 _ALONE = 0.5  # mean others in flight at arrival under which requests come alone
-INLINE_MAX_S = 0.0005
+INLINE_MAX_S = 0.002
 """The longest predicted pass that may run on the event loop itself (`runs_inline`)."""
 _IDLE_S = 0.0002  # the model idle at least this long before a pass on the loop (module doc)
 
