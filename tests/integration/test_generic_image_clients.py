@@ -248,3 +248,40 @@ def test_a_generic_image_client_classifies_real_digits(
     _assert_answers(
         [row for n in range(len(batches)) for row in _top_classes(results[str(n)], view)], digits
     )
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_image_files_sent_as_bytes_are_classified_as_the_model_does(
+    served: tuple[Targets, Digits], transport: str
+) -> None:
+    # A client with encoded files and no preprocessing of its own (OpenVINO Model Server's
+    # and Triton's BYTES image inputs): shape [B], one PNG file a row, in the one input.
+    targets, digits = served
+    view = _view(triton.InferenceServerClient(targets.grpc), "convnet-mnist")
+    module: Any = triton if transport == "grpc" else triton_http
+    client = module.InferenceServerClient(targets.grpc if transport == "grpc" else targets.http)
+    rows = []
+    for indices in _batches(view):
+        files = np.array([digits.files[i].read_bytes() for i in indices], dtype=object)
+        inputs = [module.InferInput(view.input_name, [len(indices)], "BYTES")]
+        inputs[0].set_data_from_numpy(files)
+        outputs = [module.InferRequestedOutput(view.output_name, class_count=3)]
+        rows += _top_classes(client.infer(view.name, inputs, outputs=outputs), view)
+    _assert_answers(rows, digits)
+    client.close()
+
+
+def test_a_broken_file_among_bytes_images_is_named_and_nothing_leaks(
+    served: tuple[Targets, Digits],
+) -> None:
+    targets, digits = served
+    client = triton.InferenceServerClient(targets.grpc)
+    files = np.array([digits.files[0].read_bytes(), b"GIF89a not really"], dtype=object)
+    inputs = [triton.InferInput("images", [2], "BYTES")]
+    inputs[0].set_data_from_numpy(files)
+    with pytest.raises(triton.InferenceServerException) as error:
+        client.infer("convnet-mnist", inputs)
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert 'inputs "images" item 1: image:' in error.value.message()
+    assert "Traceback" not in error.value.message()
+    client.close()

@@ -484,3 +484,66 @@ def test_inputs_that_fit_the_spec_decode_as_before() -> None:
             _request({"images": pixels}, raw=raw), max_batch_size=32, specs=SPECS
         )
         np.testing.assert_array_equal(decoded["images"], pixels)
+
+
+# --- an input a spec takes as one encoded item a row -----------------------------------------
+
+ENCODED = {
+    "images": InputSpec(
+        (1, 8, 8), {"FP32": "normalised", "UINT8": "pixels"}, {"BYTES": "encoded images"}
+    )
+}
+ITEMS = [b"\x89PNG\r\n\x1a\n first", b"", b"\xff\xd8\xff third"]
+
+
+def test_encoded_items_decode_as_tritonclient_and_typed_clients_send_them() -> None:
+    files = np.array(ITEMS, dtype=object)
+    infer_input = tritonclient.InferInput("images", [3], "BYTES").set_data_from_numpy(files)
+    from_triton = triton_utils._get_inference_request(
+        model_name="m", inputs=[infer_input], model_version="", request_id="", outputs=None,
+        sequence_id=0, sequence_start=False, sequence_end=False, priority=0, timeout=None,
+        parameters=None,
+    )  # fmt: skip
+    typed = pb.ModelInferRequest(model_name="m")
+    typed.inputs.add(name="images", datatype="BYTES", shape=[3, 1]).contents.bytes_contents.extend(
+        ITEMS
+    )
+    for request in (from_triton, typed):
+        decoded = decode_inputs(request, max_batch_size=32, specs=ENCODED)["images"]
+        assert decoded.shape == (3,) and list(decoded) == ITEMS
+    # The tensor forms still decode beside them.
+    pixels = np.zeros((2, 1, 8, 8), np.uint8)
+    np.testing.assert_array_equal(
+        decode_inputs(_request({"images": pixels}), max_batch_size=32, specs=ENCODED)["images"],
+        pixels,
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "datatype", "specs", "message", "reason"),
+    [
+        ([2, 2], "BYTES", ENCODED, "(encoded images): shape [-1] or [-1, 1]", "bad_shape"),
+        ([2], "BYTES", SPECS, "FP32 (normalised) or UINT8 (pixels), got BYTES", "bad_datatype"),
+        ([2, 1, 8, 8], "INT32", ENCODED, "or BYTES (encoded images, shape [-1])", "bad_datatype"),
+        ([40], "BYTES", ENCODED, "batch size 40 exceeds the maximum of 32", "batch_too_large"),
+    ],
+)  # fmt: skip
+def test_encoded_items_are_checked_from_the_headers(
+    shape: list[int], datatype: str, specs: Any, message: str, reason: str
+) -> None:
+    with pytest.raises(InputError) as error:
+        decode_inputs(_header_only(shape, datatype), max_batch_size=32, specs=specs)
+    assert message in str(error.value) and error.value.reason == reason
+
+
+def test_encoded_framing_that_disagrees_with_the_shape_is_refused() -> None:
+    framed = b"".join(len(item).to_bytes(4, "little") + item for item in ITEMS)
+    for shape, message in (([2], "needs 2 BYTES elements, got more"), ([4], "got 3")):
+        request = _header_only(shape, "BYTES")
+        request.raw_input_contents.append(framed)
+        with _raises(message):
+            decode_inputs(request, max_batch_size=32, specs=ENCODED)
+    request = _header_only([1], "BYTES")
+    request.raw_input_contents.append(b"\x10\x00\x00\x00short")
+    with _raises("a BYTES element of 16 bytes runs past the end"):
+        decode_inputs(request, max_batch_size=32, specs=ENCODED)

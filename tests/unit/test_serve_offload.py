@@ -69,3 +69,21 @@ def test_offloader_runs_heavy_work_in_its_threads_and_light_work_inline() -> Non
         offloader.close()
     assert light == f"light:{threading.main_thread().name}"
     assert heavy.startswith("heavy:raysight-prep")
+
+
+def test_encoded_images_in_an_oip_request_are_heavy_by_their_size() -> None:
+    def request(files: list[bytes], *, raw: bool) -> pb.ModelInferRequest:
+        message = pb.ModelInferRequest(model_name="m")
+        tensor = message.inputs.add(name="images", datatype="BYTES", shape=[len(files)])
+        if raw:
+            message.raw_input_contents.append(
+                b"".join(len(f).to_bytes(4, "little") + f for f in files)
+            )
+        else:
+            tensor.contents.bytes_contents.extend(files)
+        return message
+
+    small, large = [b"x" * 1000] * 4, [b"x" * 1000] * 17  # 4 KB; 17 KB > INLINE_BYTES
+    for raw in (True, False):
+        assert not oip_service.is_heavy(request(small, raw=raw))
+        assert oip_service.is_heavy(request(large, raw=raw))

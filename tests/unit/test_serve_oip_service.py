@@ -4,12 +4,14 @@ results rank as the image API's Classify does."""
 
 from __future__ import annotations
 
+import io
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.grpc as tritonclient
+from PIL import Image
 from tritonclient.utils import deserialize_bytes_tensor
 
 from raysight._proto.inference import grpc_service_pb2 as pb
@@ -140,3 +142,52 @@ def test_classify_ranks_as_the_classification_extension() -> None:
         (int(index), label) for _, index, label in triton
     ]
     assert [f"{p.score:f}" for p in answer.predictions] == [score for score, _, _ in triton]
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _pixel_model() -> Any:
+    # A model whose normalisation is visible: pixels / 255, (B, 1, 8, 8) float32.
+    model = _model()
+    model.engine.normalize = lambda pixels: pixels.astype(np.float32) / 255
+    return model
+
+
+def _bytes_request(files: list[bytes]) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="images", datatype="BYTES", shape=[len(files)])
+    request.raw_input_contents.append(
+        b"".join(len(data).to_bytes(4, "little") + data for data in files)
+    )
+    return request
+
+
+def test_encoded_images_are_prepared_as_the_image_api_prepares_each() -> None:
+    model, settings = _pixel_model(), _settings()
+    rng = np.random.default_rng(0)
+    # One at the model's size, one grey 16x16 to be resized, one RGB to be made grey.
+    files = [
+        _png(rng.integers(0, 256, (8, 8), dtype=np.uint8)),
+        _png(rng.integers(0, 256, (16, 16), dtype=np.uint8)),
+        _png(rng.integers(0, 256, (12, 8, 3), dtype=np.uint8)),
+    ]
+    batch = oip_service.model_inputs(_bytes_request(files), model, settings)
+    assert batch.shape == (3, 1, 8, 8) and batch.dtype == np.float32
+    for row, data in zip(batch, files, strict=True):
+        alone = images.model_inputs(image_pb.ClassifyRequest(image=data), model, settings)
+        np.testing.assert_array_equal(row, alone[0])
+
+
+def test_a_bad_image_among_many_is_named_by_its_position() -> None:
+    model, settings = _pixel_model(), _settings()
+    good = _png(np.zeros((8, 8), np.uint8))
+    with pytest.raises(InputError) as error:
+        oip_service.model_inputs(_bytes_request([good, b"not an image"]), model, settings)
+    assert str(error.value).startswith('inputs "images" item 1: image: not a ')
+    assert error.value.reason == "not_an_image"
+    with pytest.raises(InputError, match="item 0: image: empty") as error:
+        oip_service.model_inputs(_bytes_request([b"", good]), model, settings)

@@ -43,7 +43,10 @@ def decode_bytes_tensor(raw: bytes, shape: tuple[int, ...], where: str) -> np.nd
     """
     items: list[bytes] = []
     offset = 0
+    count = int(np.prod(shape))
     while offset < len(raw):
+        if len(items) == count:  # more elements than the shape holds: stop reading them
+            raise InputError(f"{where}: shape {list(shape)} needs {count} BYTES elements, got more")
         if offset + _LENGTH.size > len(raw):
             raise InputError(f"{where}: BYTES contents end inside an element's length")
         (length,) = _LENGTH.unpack_from(raw, offset)
@@ -52,7 +55,6 @@ def decode_bytes_tensor(raw: bytes, shape: tuple[int, ...], where: str) -> np.nd
             raise InputError(f"{where}: a BYTES element of {length} bytes runs past the end")
         items.append(bytes(raw[offset : offset + length]))
         offset += length
-    count = int(np.prod(shape))
     if len(items) != count:
         raise InputError(
             f"{where}: shape {list(shape)} needs {count} BYTES elements, got {len(items)}"

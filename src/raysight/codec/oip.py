@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 _ALL_CONTENTS = (*CONTENTS_DTYPES, "bytes_contents")
 BYTES = "BYTES"
-"""Variable-length strings: an output datatype only (classification results), no input."""
+"""Variable-length strings: classification results out; in, only as an input that an
+`InputSpec` takes as one encoded item a row (an encoded image)."""
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,13 @@ class InputSpec:
         shape: The shape after the batch dimension, e.g. (C, H, W).
         datatypes: Each accepted OIP datatype and what it means, for messages, e.g.
             {"FP32": "normalised", "UINT8": "pixels"}.
+        encoded: Datatypes accepted instead as one opaque item a row, shape [B] or [B, 1]
+            (BYTES only), and what an item is, e.g. {"BYTES": "encoded images"}.
     """
 
     shape: tuple[int, ...]
     datatypes: Mapping[str, str]
+    encoded: Mapping[str, str] = field(default_factory=dict)
 
 
 def _where(kind: str, index: int, name: str) -> str:
@@ -139,8 +143,20 @@ def _check_specs(
         )
     for tensor, shape in zip(tensors, shapes, strict=True):
         spec = specs[tensor.name]
+        if tensor.datatype in spec.encoded:
+            if shape[1:] not in ((), (1,)):
+                raise InputError(
+                    f'inputs "{tensor.name}": {tensor.datatype} carries one item a row '
+                    f"({spec.encoded[tensor.datatype]}): shape [-1] or [-1, 1], "
+                    f"got {list(shape)}",
+                    reason="bad_shape",
+                )
+            continue
         if tensor.datatype not in spec.datatypes:
             accepted = " or ".join(f"{d} ({meaning})" for d, meaning in spec.datatypes.items())
+            accepted += "".join(
+                f", or {d} ({meaning}, shape [-1])" for d, meaning in spec.encoded.items()
+            )
             raise InputError(
                 f'inputs "{tensor.name}": datatype must be {accepted}, got {tensor.datatype}',
                 reason="bad_datatype",
@@ -221,7 +237,8 @@ def _decode_tensors(
     *,
     strings: bool = False,
 ) -> dict[str, np.ndarray]:
-    # strings: BYTES tensors are read too, as object arrays of bytes (outputs only).
+    # strings: BYTES tensors are read too, as object arrays of bytes (outputs, and inputs a
+    # spec has accepted as encoded items).
     arrays = {}
     for i, (tensor, shape, data) in enumerate(zip(tensors, shapes, raw, strict=True)):
         where = _where(kind, i, tensor.name)
@@ -271,14 +288,16 @@ def decode_inputs(
     Returns:
         Arrays by input name, in request order, each with its datatype's dtype in native byte
         order and the shape the request gives. Arrays read from raw contents are read-only
-        views of the request's bytes.
+        views of the request's bytes. An input `specs` takes as encoded items is a (B,)
+        object array of `bytes`.
 
     Raises:
         InputError: If the request is malformed: no inputs, an empty or repeated name, an
             unknown datatype, a negative dimension, a batch of 0, over `max_batch_size` or
             different between inputs, raw and typed contents mixed, a raw entry per input
             missing, a byte length or value count that does not match the shape, a typed
-            value out of range for its datatype, or inputs other than `specs` describes.
+            value out of range for its datatype, inputs other than `specs` describes, or
+            encoded items whose framing does not match the shape.
         ValueError: If `max_batch_size` is below 1.
     """
     if max_batch_size < 1:
@@ -289,9 +308,14 @@ def decode_inputs(
     raw = _raw_per_tensor(tensors, request.raw_input_contents, "inputs", "raw_input_contents")
     shapes = _check_headers(tensors, "inputs")
     _check_batches(tensors, shapes, max_batch_size)
-    if specs is not None:
-        _check_specs(tensors, shapes, specs)
-    return _decode_tensors(tensors, shapes, raw, "inputs", "raw_input_contents")
+    if specs is None:
+        return _decode_tensors(tensors, shapes, raw, "inputs", "raw_input_contents")
+    _check_specs(tensors, shapes, specs)  # a BYTES input past this is one the spec encodes
+    arrays = _decode_tensors(tensors, shapes, raw, "inputs", "raw_input_contents", strings=True)
+    return {
+        name: array.reshape(-1) if array.dtype == object else array  # (B,) or (B, 1) -> (B,)
+        for name, array in arrays.items()
+    }
 
 
 def decode_outputs(response: ModelInferResponse) -> dict[str, np.ndarray]:

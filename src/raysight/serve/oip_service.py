@@ -16,15 +16,19 @@ from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.inference import model_config_pb2 as mc
 from raysight.codec import classification, oip
 from raysight.codec.datatypes import DATATYPES
+from raysight.codec.image import decode_image
 from raysight.errors import InputError
 from raysight.serve.errors import Status
 from raysight.serve.model import INPUT_NAME, ServedModel
 from raysight.serve.offload import INLINE_BYTES, INLINE_PIXEL_BYTES
 from raysight.serve.settings import ServeSettings
 
-# The forms the one input may take, and what each means. Both are always accepted; the
-# `input_datatype` setting only chooses which one metadata advertises.
+# The forms the one input may take, and what each means. All are always accepted; the
+# `input_datatype` setting only chooses which tensor form metadata advertises. BYTES carries
+# one encoded image file a row, shape [B] (as OpenVINO Model Server takes images over this
+# protocol, and Triton's clients send BYTES tensors), prepared as the image API prepares one.
 _INPUT_DATATYPES = {"FP32": "normalised", "UINT8": "pixels"}
+_ENCODED_DATATYPES = {"BYTES": "encoded images"}
 _CONFIG_TYPES = {"FP32": mc.TYPE_FP32, "UINT8": mc.TYPE_UINT8}
 
 # Triton's protocol extensions this server implements. Not model_repository: it means index,
@@ -120,12 +124,20 @@ def is_heavy(request: pb.ModelInferRequest) -> bool:
     """Whether preparing the request is worth a worker thread (see serve/offload.py).
 
     Read from the message without decoding it: typed contents over INLINE_BYTES (by the
-    shapes the request declares; one that lies only moves a quick refusal to a thread), or
-    UINT8 pixels over INLINE_PIXEL_BYTES. Raw FP32 is a view of the request's bytes: never.
+    shapes the request declares; one that lies only moves a quick refusal to a thread),
+    encoded images over INLINE_BYTES, or UINT8 pixels over INLINE_PIXEL_BYTES. Raw FP32 is
+    a view of the request's bytes: never.
     """
     raw = request.raw_input_contents
-    typed = pixels = 0
+    typed = pixels = encoded = 0
     for i, tensor in enumerate(request.inputs):
+        if tensor.datatype in _ENCODED_DATATYPES:
+            encoded += (
+                (len(raw[i]) if i < len(raw) else 0)
+                if raw
+                else sum(len(item) for item in tensor.contents.bytes_contents)
+            )
+            continue
         if raw:
             size = len(raw[i]) if i < len(raw) else 0
         else:
@@ -134,7 +146,7 @@ def is_heavy(request: pb.ModelInferRequest) -> bool:
             typed += size
         if tensor.datatype == "UINT8":
             pixels += size
-    return typed > INLINE_BYTES or pixels > INLINE_PIXEL_BYTES
+    return typed > INLINE_BYTES or encoded > INLINE_BYTES or pixels > INLINE_PIXEL_BYTES
 
 
 def model_inputs(
@@ -143,20 +155,38 @@ def model_inputs(
     """The request's one input as a normalised (B, C, H, W) float32 batch.
 
     FP32 is taken as normalised already; UINT8 pixels are normalised here with the
-    checkpoint's preprocessing.
+    checkpoint's preprocessing; BYTES images are decoded, resized and normalised as the
+    image API does each one.
 
     Raises:
         InputError: If the request is malformed, names other inputs, or its input has the
-            wrong shape or datatype.
+            wrong shape or datatype, or one of its images cannot be decoded (the message
+            names which).
     """
-    spec = oip.InputSpec(model.input_shape, _INPUT_DATATYPES)
+    spec = oip.InputSpec(model.input_shape, _INPUT_DATATYPES, _ENCODED_DATATYPES)
     tensors = oip.decode_inputs(
         request, max_batch_size=settings.max_batch_size, specs={INPUT_NAME: spec}
     )
-    tensor = tensors[INPUT_NAME]  # (B, C, H, W), FP32 or UINT8: checked from the headers
+    tensor = tensors[INPUT_NAME]  # (B, C, H, W) FP32 or UINT8, or (B,) encoded images
+    if tensor.dtype == object:
+        return model.engine.normalize(_decode_images(tensor, model, settings))
     if tensor.dtype == np.uint8:
         return model.engine.normalize(tensor)
     return np.ascontiguousarray(tensor, dtype=np.float32)
+
+
+def _decode_images(files: np.ndarray, model: ServedModel, settings: ServeSettings) -> np.ndarray:
+    """(B,) encoded image files -> (B, C, H, W) uint8 pixels at the model's size."""
+    channels, height, width = model.input_shape
+    pixels = np.empty((len(files), channels, height, width), dtype=np.uint8)
+    for i, data in enumerate(files):
+        try:
+            pixels[i] = decode_image(
+                data, size=(height, width), channels=channels, limits=settings.image_limits
+            )
+        except InputError as exc:
+            raise InputError(f'inputs "{INPUT_NAME}" item {i}: {exc}', reason=exc.reason) from exc
+    return pixels
 
 
 def requested_outputs(
