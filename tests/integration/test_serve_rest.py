@@ -81,6 +81,10 @@ def test_health_and_metadata_match_grpc(served: Served) -> None:
     assert client.is_model_ready(MODEL)
     assert client.is_model_ready(MODEL, served.version)
     assert not client.is_model_ready("no-such-model")
+    # KServe's REST client reads the answer from the body as well as the status.
+    for path, body in (("/v2/health/live", {"live": True}), ("/v2/health/ready", {"ready": True})):
+        status, _, raw = served.http(path)
+        assert (status, json.loads(raw)) == (200, body)
     grpc_client = triton_grpc.InferenceServerClient(url=f"127.0.0.1:{served.port}")
     grpc_server = grpc_client.get_server_metadata()
     server = client.get_server_metadata()

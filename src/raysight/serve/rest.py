@@ -151,21 +151,26 @@ async def _server_metadata(server: Server) -> Response:
     return JSONResponse(message_to_json(await server.ServerMetadata(pb.ServerMetadataRequest())))
 
 
+# The status code is the answer (200 true, 4xx false), which Triton's clients read; the
+# body repeats it as KServe's servers write it, {"live": true}, which KServe's REST client
+# parses and fails without.
 async def _live(server: Server) -> Response:
-    return Response(status_code=200)
+    return JSONResponse({"live": True})
 
 
 async def _ready(server: Server) -> Response:
     if (await server.ServerReady(pb.ServerReadyRequest())).ready:
-        return Response(status_code=200)
+        return JSONResponse({"ready": True})
     return _error(400, "not ready: no model loaded")
 
 
 async def _model_ready(server: Server, name: str, version: str) -> Response:
     recorder = _Recorder()
     await server.ModelReady(pb.ModelReadyRequest(name=name, version=version), recorder)
-    if recorder.status.code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND):
-        return _answer(recorder.status, None)
+    if recorder.status.code == grpc.StatusCode.OK:
+        return JSONResponse({"name": name, "ready": True})
+    if recorder.status.code == grpc.StatusCode.NOT_FOUND:
+        return _status_error(recorder.status)
     return _error(400, f"not ready: {recorder.status.details}")
 
 
@@ -252,11 +257,9 @@ def _allow(method: str, allowed: str) -> None:
 
 
 def _answer(status: Status, message: Message | None) -> Response:
-    # The message as JSON (None: an empty 200), or the error the method's status says.
-    if status.code != grpc.StatusCode.OK:
+    # The message as JSON, or the error the method's status says.
+    if status.code != grpc.StatusCode.OK or message is None:
         return _status_error(status)
-    if message is None:
-        return Response(status_code=200)
     return JSONResponse(message_to_json(message))
 
 
