@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= token
 # Extra flags for `raysight serve` in `make run`, e.g. SERVE_FLAGS="--grpc-port 9100".
 SERVE_FLAGS ?=
 
-.PHONY: venv tools lint typecheck test test-fast bench run constraints clean proto
+.PHONY: venv tools kserve-client lint typecheck test test-fast bench run constraints clean proto
 
 venv: $(STAMP)
 
@@ -25,6 +25,18 @@ tools:
 	  $(SUDO) apt-get install -y -q --no-install-recommends prometheus >/dev/null || { \
 	    $(SUDO) apt-get update -q >/dev/null && \
 	    $(SUDO) apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; }
+
+# KServe's own clients, which one integration test runs: kserve pins much of what Ray pins,
+# so they get a virtualenv of their own, never raysight's.
+KSERVE_VENV := .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
+kserve-client: $(KSERVE_STAMP)
+
+$(KSERVE_STAMP): tests/requirements-kserve-client.txt
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(KSERVE_VENV)/bin/python -m pip install -q -r tests/requirements-kserve-client.txt
+	touch $(KSERVE_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,8 +52,9 @@ lint: venv
 typecheck: lint
 
 # All tests but the GPU ones (CI has no GPU); lint first, it is cheap and catches most slips.
-test: venv tools lint
-	RAYSIGHT_REQUIRE_TOOLS=1 $(BIN)/pytest -m "not gpu" --timeout=1800
+test: venv tools kserve-client lint
+	RAYSIGHT_REQUIRE_TOOLS=1 RAYSIGHT_KSERVE_PYTHON=$(CURDIR)/$(KSERVE_VENV)/bin/python \
+	  $(BIN)/pytest -m "not gpu" --timeout=1800
 
 # The unit tests alone: seconds, for the edit-test loop.
 test-fast: venv
@@ -72,4 +85,4 @@ constraints: venv
 	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(KSERVE_VENV) runs .pytest_cache .mypy_cache .ruff_cache
