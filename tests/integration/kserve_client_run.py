@@ -7,6 +7,7 @@ a running raysight, printing one JSON object of what they got back.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 from pathlib import Path
@@ -26,7 +27,10 @@ def _inputs(files: list[bytes], zeros: tuple[int, ...], binary: bool) -> list[li
     tensor = InferInput("images", list(zeros), "FP32")
     tensor.set_data_from_numpy(np.zeros(zeros, np.float32), binary_data=binary)
     images = InferInput("images", [len(files)], "BYTES")
-    images.set_data_from_numpy(np.array(files, dtype=object), binary_data=True)
+    # In typed contents (JSON, or gRPC's bytes_contents) kserve takes only UTF-8 text, so
+    # the files travel as base64 there, as KServe's examples send them.
+    items = files if binary else [base64.b64encode(f).decode() for f in files]
+    images.set_data_from_numpy(np.array(items, dtype=object), binary_data=binary)
     return [[tensor], [images]]
 
 
@@ -57,12 +61,13 @@ async def main(grpc_target: str, http_base: str, model: str, paths: list[str]) -
         ],
     }
     for binary in (True, False):
-        for kind, inputs in zip(("fp32", "bytes"), _inputs(files, zeros, binary), strict=True):
-            if kind == "bytes" and not binary:
-                continue  # kserve's InferInput only puts UTF-8 text in typed BYTES contents
+        suffix = "raw" if binary else "typed"
+        for i, kind in enumerate(("fp32", "bytes")):
+            # Fresh inputs for each call: a gRPC call leaves kserve's InferInput changed.
+            inputs = _inputs(files, zeros, binary)[i]
             request = InferRequest(model_name=model, infer_inputs=inputs, request_id="r1")
-            suffix = "raw" if binary else "typed"
             result[f"grpc_{kind}_{suffix}"] = _summary(await grpc_client.infer(request))
+            inputs = _inputs(files, zeros, binary)[i]
             request = InferRequest(model_name=model, infer_inputs=inputs, request_id="r1")
             answer = await rest.infer(http_base, request, model_name=model)
             result[f"rest_{kind}_{suffix}"] = _summary(answer)

@@ -11,6 +11,7 @@ and over KServe V2 REST (sync, async), where metadata and config arrive as JSON.
 
 from __future__ import annotations
 
+import base64
 import queue
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -250,21 +251,26 @@ def test_a_generic_image_client_classifies_real_digits(
     )
 
 
-@pytest.mark.parametrize("transport", ["grpc", "rest"])
+@pytest.mark.parametrize("transport", ["grpc", "rest", "rest-json"])
 def test_image_files_sent_as_bytes_are_classified_as_the_model_does(
     served: tuple[Targets, Digits], transport: str
 ) -> None:
     # A client with encoded files and no preprocessing of its own (OpenVINO Model Server's
-    # and Triton's BYTES image inputs): shape [B], one PNG file a row, in the one input.
+    # and Triton's BYTES image inputs): shape [B], one PNG file a row, in the one input; in
+    # REST's JSON, where a file can only be text, as base64.
     targets, digits = served
     view = _view(triton.InferenceServerClient(targets.grpc), "convnet-mnist")
     module: Any = triton if transport == "grpc" else triton_http
     client = module.InferenceServerClient(targets.grpc if transport == "grpc" else targets.http)
     rows = []
     for indices in _batches(view):
-        files = np.array([digits.files[i].read_bytes() for i in indices], dtype=object)
+        files = [digits.files[i].read_bytes() for i in indices]
         inputs = [module.InferInput(view.input_name, [len(indices)], "BYTES")]
-        inputs[0].set_data_from_numpy(files)
+        if transport == "rest-json":
+            text = [base64.b64encode(f).decode() for f in files]
+            inputs[0].set_data_from_numpy(np.array(text, dtype=object), binary_data=False)
+        else:
+            inputs[0].set_data_from_numpy(np.array(files, dtype=object))
         outputs = [module.InferRequestedOutput(view.output_name, class_count=3)]
         rows += _top_classes(client.infer(view.name, inputs, outputs=outputs), view)
     _assert_answers(rows, digits)

@@ -97,6 +97,7 @@ def test_tensors_and_image_files_are_answered(
         tensors = got[f"{transport}_fp32_{contents}"]
         assert tensors["id"] == "r1"
         assert tensors["shapes"] == {"logits": [2, 10], "probabilities": [2, 10]}
-    files = got[f"{transport}_bytes_raw"]
-    assert files["shapes"]["probabilities"] == [3, 10]
-    assert files["top"] == expected.tolist()  # the model's own answers for the same digits
+    for contents in ("raw", "typed"):  # typed: the files as base64 text
+        files = got[f"{transport}_bytes_{contents}"]
+        assert files["shapes"]["probabilities"] == [3, 10]
+        assert files["top"] == expected.tolist()  # the model's own answers for the digits

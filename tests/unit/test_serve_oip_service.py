@@ -4,6 +4,7 @@ results rank as the image API's Classify does."""
 
 from __future__ import annotations
 
+import base64
 import io
 from types import SimpleNamespace
 from typing import Any
@@ -191,3 +192,19 @@ def test_a_bad_image_among_many_is_named_by_its_position() -> None:
     assert error.value.reason == "not_an_image"
     with pytest.raises(InputError, match="item 0: image: empty") as error:
         oip_service.model_inputs(_bytes_request([b"", good]), model, settings)
+
+
+def test_base64_text_of_an_image_is_read_as_the_image() -> None:
+    # JSON can carry a file only as text: KServe's REST examples send base64, and some
+    # tools wrap it in lines.
+    model, settings = _pixel_model(), _settings()
+    file = _png(np.arange(64, dtype=np.uint8).reshape(8, 8))
+    text = base64.b64encode(file)
+    wrapped = b"\n".join(text[i : i + 20] for i in range(0, len(text), 20))
+    batch = oip_service.model_inputs(_bytes_request([file, text, wrapped]), model, settings)
+    np.testing.assert_array_equal(batch[1], batch[0])
+    np.testing.assert_array_equal(batch[2], batch[0])
+    # Base64 of something that is no image is still no image, and says so.
+    with pytest.raises(InputError, match="item 0: image: not a ") as error:
+        oip_service.model_inputs(_bytes_request([base64.b64encode(b"hello")]), model, settings)
+    assert error.value.reason == "not_an_image"

@@ -7,11 +7,13 @@ state or knows about Ray; errors are domain errors, mapped to codes by serve/err
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 
 import numpy as np
 
-from raysight import __version__
+from raysight import __version__, imaging
 from raysight._proto.inference import grpc_service_pb2 as pb
 from raysight._proto.inference import model_config_pb2 as mc
 from raysight.codec import classification, oip
@@ -175,6 +177,21 @@ def model_inputs(
     return np.ascontiguousarray(tensor, dtype=np.float32)
 
 
+def _file(item: bytes) -> bytes:
+    """An item's image file: as sent, or decoded when the item is base64 text of one.
+
+    JSON carries a file only as text, so REST clients send base64 (as KServe's examples
+    do); no file signature is base64 text, so the two readings never compete.
+    """
+    if imaging.sniff_format(item) is not None:
+        return item
+    try:
+        decoded = base64.b64decode(b"".join(item.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return item
+    return decoded if imaging.sniff_format(decoded) is not None else item
+
+
 def _decode_images(files: np.ndarray, model: ServedModel, settings: ServeSettings) -> np.ndarray:
     """(B,) encoded image files -> (B, C, H, W) uint8 pixels at the model's size."""
     channels, height, width = model.input_shape
@@ -182,7 +199,7 @@ def _decode_images(files: np.ndarray, model: ServedModel, settings: ServeSetting
     for i, data in enumerate(files):
         try:
             pixels[i] = decode_image(
-                data, size=(height, width), channels=channels, limits=settings.image_limits
+                _file(data), size=(height, width), channels=channels, limits=settings.image_limits
             )
         except InputError as exc:
             raise InputError(f'inputs "{INPUT_NAME}" item {i}: {exc}', reason=exc.reason) from exc
