@@ -181,7 +181,8 @@ def _file(item: bytes) -> bytes:
     """An item's image file: as sent, or decoded when the item is base64 text of one.
 
     JSON carries a file only as text, so REST clients send base64 (as KServe's examples
-    do); no file signature is base64 text, so the two readings never compete.
+    do). The base64 text of an image does not begin as any image file does (a PNG's as
+    "iVBOR", a JPEG's as "/9j/"), so a file is never read as text nor text as a file.
     """
     if imaging.sniff_format(item) is not None:
         return item
