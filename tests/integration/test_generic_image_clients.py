@@ -275,19 +275,3 @@ def test_image_files_sent_as_bytes_are_classified_as_the_model_does(
         rows += _top_classes(client.infer(view.name, inputs, outputs=outputs), view)
     _assert_answers(rows, digits)
     client.close()
-
-
-def test_a_broken_file_among_bytes_images_is_named_and_nothing_leaks(
-    served: tuple[Targets, Digits],
-) -> None:
-    targets, digits = served
-    client = triton.InferenceServerClient(targets.grpc)
-    files = np.array([digits.files[0].read_bytes(), b"GIF89a not really"], dtype=object)
-    inputs = [triton.InferInput("images", [2], "BYTES")]
-    inputs[0].set_data_from_numpy(files)
-    with pytest.raises(triton.InferenceServerException) as error:
-        client.infer("convnet-mnist", inputs)
-    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert 'inputs "images" item 1: image:' in error.value.message()
-    assert "Traceback" not in error.value.message()
-    client.close()

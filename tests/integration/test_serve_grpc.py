@@ -166,6 +166,26 @@ def test_model_infer_matches_the_in_process_model(served: Served) -> None:
     assert (uint8["logits"].argmax(1) == labels).mean() >= 0.75
 
 
+def test_model_infer_takes_image_files_as_bytes(served: Served) -> None:
+    # One PNG file a row in a BYTES tensor, as tritonclient sends it: decoded as Classify
+    # decodes, so the answers are the model's for the same pixels.
+    images, _ = _test_images(6)
+    expected = served.engine.classify_pixels(images)
+    client = served.triton()
+    files = triton.InferInput("images", [6], "BYTES")
+    files.set_data_from_numpy(np.array([png(image[0]) for image in images], dtype=object))
+    logits = client.infer(MODEL, [files]).as_numpy("logits")
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    # A file that is no image fails its request, naming its row; no traceback leaves.
+    files = triton.InferInput("images", [2, 1], "BYTES")
+    files.set_data_from_numpy(np.array([[png(images[0][0])], [b"GIF89a no"]], dtype=object))
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(MODEL, [files])
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert 'inputs "images" item 1: image:' in error.value.message()
+    assert "Traceback" not in error.value.message()
+
+
 def test_model_stream_infer(served: Served) -> None:
     images, _ = _test_images(6)
     expected = served.engine.classify_pixels(images)
