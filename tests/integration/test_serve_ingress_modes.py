@@ -43,4 +43,4 @@ def test_serving_suite_passes_under_the_other_ingress_mode() -> None:
     )
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-2000:]
     assert run.returncode == 0, f"{OTHER} ingress: {summary}\n{run.stdout[-4000:]}"
-    assert "28 passed" in summary
+    assert "29 passed" in summary
