@@ -522,6 +522,10 @@ def test_overload_is_resource_exhausted_and_passes(served: Served) -> None:
             details.append(exc.details() or "")
 
     try:
+        # The burst tests overload, not the swap: one call first, so the new replica answers.
+        image_grpc.ImageServiceStub(served.channel()).Classify(
+            image_pb.ClassifyRequest(image=png(images[0][0])), timeout=60
+        )
         burst = [threading.Thread(target=call) for _ in range(24)]
         for thread in burst:
             thread.start()
