@@ -32,11 +32,8 @@ FLUSH_PERIOD_S = 1.0
 period."""
 
 Labels = tuple[tuple[str, str], ...]
-"""A label set as sorted (key, value) pairs: one series, whatever order its dict had."""
-
-
-def _labels(tags: Mapping[str, str]) -> Labels:
-    return tuple(sorted(tags.items()))
+"""A label set as its (key, value) pairs, in its dict's order: not sorted on the hot path,
+as the same series reached in two orders is only two calls, which Ray sums."""
 
 
 class MetricBuffer:
@@ -105,7 +102,7 @@ class BufferedCounter:
         return self._counter.info
 
     def inc(self, value: float = 1.0, *, tags: Mapping[str, str]) -> None:
-        key = _labels(tags)
+        key = tuple(tags.items())
         with self._buffer.lock:
             self._pending[key] = self._pending.get(key, 0.0) + value
 
@@ -145,7 +142,7 @@ class BufferedHistogram:
         return self._histogram.info
 
     def observe(self, value: float, *, tags: Mapping[str, str]) -> None:
-        key = _labels(tags)
+        key = tuple(tags.items())
         with self._buffer.lock:
             values = self._pending.get(key)
             if values is None:
